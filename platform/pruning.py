@@ -1,0 +1,52 @@
+"""Data pruning: score every local sample, keep the hardest `prune.keep` fraction.
+
+A score is one registered function `(logits, labels, generator) -> (N,) scores`, higher
+meaning harder (kept first). EL2N (Paul et al., 2021) is the error-vector norm
+`|| softmax(f(x)) - onehot(y) ||_2`, computed by SFPrompt on the client's *local path*
+(head -> tail, body skipped) so that scoring costs no communication.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Score = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+SCORES: dict[str, Score] = {}
+
+
+def register_score(name: str) -> Callable[[Score], Score]:
+    def add(fn: Score) -> Score:
+        SCORES[name] = fn
+        return fn
+    return add
+
+
+@register_score("el2n")
+def el2n(logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """L2 norm of the error vector, softmax(logits) - onehot(labels); in [0, sqrt(2)]."""
+    error = F.softmax(logits.float(), dim=1) - F.one_hot(labels, logits.shape[1]).float()
+    return error.norm(dim=1)  # (N,)
+
+
+@register_score("random")
+def random_score(logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform scores: keeps a random subset, the control for EL2N's choice."""
+    return torch.rand(labels.shape[0], generator=generator)  # (N,)
+
+
+def keep_count(n: int, keep: float) -> int:
+    """Samples kept out of n: ceil(keep * n), so any keep > 0 keeps at least one."""
+    # The epsilon absorbs float error, e.g. 0.7 * 10 = 7.000000000000001 -> 7, not 8.
+    return min(n, max(1, math.ceil(keep * n - 1e-9)))
+
+
+def select_hardest(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Positions of the `keep` fraction with the highest scores, in ascending position
+    order; ties go to the earlier position so the choice is deterministic."""
+    k = keep_count(scores.shape[0], keep)
+    order = torch.sort(-scores, stable=True).indices  # hardest first
+    return order[:k].sort().values

@@ -1,0 +1,54 @@
+"""The server side of split training: the body, serving forward and backward requests.
+
+One `BodyServer` serves many clients; each request carries the client's key, and the
+server keeps that client's autograd graph between its forward and backward. In SFPrompt
+the body is frozen, so backward only computes the gradient of its input; a method that
+trains the body (SplitFed) passes `trains=True` and the server steps it after each
+backward.
+The in-process backend calls this object directly; the Ray server actor wraps it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable
+
+import torch
+from torch import nn
+
+from sfprompt.platform.accounting import count_flops
+
+
+class BodyServer:
+    def __init__(self, body: nn.Module, trains: bool = False, lr: float = 1e-3) -> None:
+        self.body = body
+        self.trains = trains
+        self.optimizer = torch.optim.Adam(body.parameters(), lr=lr) if trains else None
+        self.flops: Counter[Hashable] = Counter()  # per client key, forward + backward
+        self._pending: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool) -> torch.Tensor:
+        """Body output for `smashed`. The graph is kept for a backward call when the
+        client wants the input gradient or the body itself trains."""
+        keep = input_grad or self.trains
+        x = smashed.requires_grad_(input_grad)
+        with count_flops(self.flops, key), torch.set_grad_enabled(keep):
+            out = self.body(x)
+        if keep:
+            self._pending[key] = (x, out)
+        return out.detach()
+
+    def backward(self, key: Hashable, grad_out: torch.Tensor) -> torch.Tensor | None:
+        """Back-propagate `grad_out` through the body; returns d loss / d smashed (None
+        when the forward did not ask for it) and steps the body when it trains."""
+        x, out = self._pending.pop(key)
+        with count_flops(self.flops, key):
+            out.backward(grad_out)
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return x.grad
+
+    def take_flops(self, key: Hashable) -> int:
+        """FLOPs spent on `key` since the last call (the coordinator's per-client figure)."""
+        return self.flops.pop(key, 0)

@@ -1,0 +1,90 @@
+"""The client-side steps of one SFPrompt round, each a small function over batches.
+
+    score_samples      EL2N (or another score) on the local path, frozen, no gradients
+    local_loss_update  cross-entropy on the local path (head -> tail): nothing crosses
+    split_update       head -> smashed up -> body -> output down -> tail, loss ->
+                       gradient up -> body backward -> gradient down -> prompts
+
+Client FLOPs are counted around client code only, so the server's work (which the
+server counts itself) never lands on the client's bill even in one process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from sfprompt.platform.accounting import Link, count_flops
+from sfprompt.platform.pruning import Score
+from sfprompt.platform.split import SplitModel
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def score_samples(split: SplitModel, batches: Batches, score: Score, generator: torch.Generator,
+                  flops: Counter[str]) -> torch.Tensor:
+    """Hardness of every sample, in batch order, from the local path's logits."""
+    scores = []
+    for images, labels in batches:
+        with count_flops(flops, "client"):
+            logits = split.local(images)
+        scores.append(score(logits, labels, generator))
+    return torch.cat(scores)  # (N,)
+
+
+def local_loss_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
+                      flops: Counter[str]) -> float:
+    """One epoch of the local-loss update; returns the mean training loss."""
+    total, count = 0.0, 0
+    for images, labels in batches:
+        with count_flops(flops, "client"):
+            loss = F.cross_entropy(split.local(images), labels)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total, count = total + loss.item() * len(labels), count + len(labels)
+    return total / max(count, 1)
+
+
+def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
+                 server, link: Link, key: Hashable, flops: Counter[str],
+                 server_trains: bool = False) -> float:
+    """One epoch of split training through `server` (BodyServer or a proxy to one);
+    every tensor between client and server crosses `link`. Returns the mean loss."""
+    total, count = 0.0, 0
+    for images, labels in batches:
+        with count_flops(flops, "client"):
+            smashed = split.head(images)  # (B, prefix + P + N, D)
+        head_trains = smashed.requires_grad
+        out = server.forward(key, link.send("smashed_up", smashed), input_grad=head_trains)
+        out = link.send("activations_down", out).requires_grad_(True)
+        with count_flops(flops, "client"):
+            loss = F.cross_entropy(split.tail(out), labels)
+            loss.backward()
+        # The gradient goes up only if someone upstream of the cut learns from it.
+        if head_trains or server_trains:
+            grad = server.backward(key, link.send("gradients_up", out.grad))
+            if head_trains:
+                grad = link.send("gradients_down", grad)
+                with count_flops(flops, "client"):
+                    smashed.backward(grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total, count = total + loss.item() * len(labels), count + len(labels)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(split: SplitModel, batches: Batches) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the full path, head -> body -> tail."""
+    correct, loss, count = 0, 0.0, 0
+    for images, labels in batches:
+        logits = split.forward(images)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        count += len(labels)
+    return correct / max(count, 1), loss / max(count, 1)

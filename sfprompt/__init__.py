@@ -1,0 +1,20 @@
+"""sfprompt: a Ray-native simulation platform for split federated prompt tuning.
+
+The code lives in the top-level folders `platform/`, `actors/`, `studies/` and
+`results/`, which are importable only as `sfprompt.platform`, `sfprompt.actors`, ...:
+`platform` is also a standard-library module, so those folders have no `__init__.py`
+and are never top-level packages. A wheel maps them here through
+`[tool.setuptools.package-dir]`; in a source checkout (editable install or plain
+`PYTHONPATH`) we append the checkout root to this package's path so the same names
+resolve to the folders beside us.
+"""
+
+import os as _os
+
+__version__ = "0.1.0"
+
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isdir(
+    _os.path.join(_root, "platform")
+):
+    __path__.append(_root)  # noqa: F821 - __path__ is set for packages

@@ -1,0 +1,5 @@
+import sys
+
+from sfprompt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+from collections import Counter
+
+import torch
+
+from sfprompt.platform.accounting import KINDS, Link, count_flops, nbytes
+
+
+def test_linear_flops_are_2mnk():
+    m, n, k = 8, 16, 32
+    layer, x = torch.nn.Linear(k, n, bias=False), torch.randn(m, k)
+    total = Counter()
+    with count_flops(total, "fwd"):
+        layer(x)
+    assert total["fwd"] == 2 * m * n * k
+
+
+def test_attention_flops_are_counted_on_cpu():
+    b, h, s, d = 2, 3, 5, 8
+    q = torch.randn(b, h, s, d, requires_grad=True)
+    total = Counter()
+    with count_flops(total, "fwd"):
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert total["fwd"] == 2 * (2 * b * h * s * s * d)  # QK^T and AV
+    with count_flops(total, "bwd"):
+        out.sum().backward()
+    assert total["bwd"] > total["fwd"]
+
+
+def test_link_counts_numel_times_element_size_and_copies():
+    link = Link()
+    t = torch.randn(3, 4, requires_grad=True)
+    got = link.send("smashed_up", t)
+    half = link.send("activations_down", torch.zeros(5, dtype=torch.float16))
+    state = link.send("upload", {"a": torch.zeros(2, 2), "b": torch.zeros(3, dtype=torch.int64)})
+    assert link.bytes == {"smashed_up": 48, "activations_down": 10, "upload": 16 + 24}
+    assert nbytes(state) == 40 and half.dtype == torch.float16
+    assert not got.requires_grad and got.data_ptr() != t.data_ptr()
+    torch.testing.assert_close(got, t.detach())
+
+
+def test_link_rejects_unknown_kinds():
+    import pytest
+    with pytest.raises(ValueError):
+        Link().send("smuggled", torch.zeros(1))
+    assert len(set(KINDS)) == len(KINDS)

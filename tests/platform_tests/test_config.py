@@ -1,0 +1,84 @@
+import pytest
+
+from sfprompt.platform.config import Config, flat_items, load_config, replace
+from sfprompt.platform.errors import ConfigError
+
+
+def test_defaults_are_valid_and_flat_names_are_dotted():
+    cfg = load_config()
+    assert cfg == Config()
+    flat = flat_items(cfg)
+    assert flat["split.head_blocks"] == 1 and flat["prune.keep"] == 0.5
+    assert all(key.count(".") == 1 for key in flat)
+
+
+def test_toml_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[fed]\nrounds = 3\n[prune]\nkeep = 0.25\n[data]\ndownload = true\n')
+    cfg = load_config(path, ["fed.rounds=7", "model.weights=random", "train.lr=0.01"])
+    assert (cfg.fed.rounds, cfg.prune.keep, cfg.data.download) == (7, 0.25, True)
+    assert cfg.model.weights == "random" and cfg.train.lr == 0.01
+
+
+def test_replace_changes_dotted_keys_and_validates():
+    cfg = replace(Config(), **{"prune.keep": 1.0, "split.tail_blocks": 2})
+    assert cfg.prune.keep == 1.0 and cfg.split.tail_blocks == 2
+    with pytest.raises(ConfigError, match="prune.keep"):
+        replace(cfg, **{"prune.keep": 0.0})
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["split.head_blocks=8", "split.tail_blocks=5"], "split"),
+    (["prune.keep=0"], "prune.keep"),
+    (["prune.keep=1.5"], "prune.keep"),
+    (["prune.keep=-0.1"], "prune.keep"),
+    (["prompt.length=-1"], "prompt.length"),
+    (["fed.rounds=0"], "fed.rounds"),
+    (["fed.num_clients=-3"], "fed.num_clients"),
+    (["fed.clients_per_round=20"], "fed.clients_per_round"),
+    (["fed.alpha=0"], "fed.alpha"),
+    (["train.lr=nan"], "train.lr"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["model.name=vit_does_not_exist"], "model.name"),
+    (["data.name=imagenet22k"], "data.name"),
+    (["fed.partition=roundrobin"], "fed.partition"),
+    (["train.method=magic"], "train.method"),
+    (["prune.score=loss"], "prune.score"),
+    (["fed.aggregation=median"], "fed.aggregation"),
+    (["run.backend=mpi"], "run.backend"),
+    (["split.local_pool=max"], "split.local_pool"),
+    (["split.head_block=1"], "split.head_block"),
+    (["nosuch.key=1"], "nosuch"),
+    (["fed.rounds=ten"], "fed.rounds"),
+    (["prune.keep=half"], "prune.keep"),
+    (["data.download=maybe"], "data.download"),
+    (["fed.rounds"], "fed.rounds"),
+    (["fed=3"], "fed"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert message.startswith(key) and "\n" not in message
+
+
+def test_wrong_types_in_toml_name_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[fed]\nrounds = "many"\n')
+    with pytest.raises(ConfigError, match=r"^fed\.rounds: expected int"):
+        load_config(path)
+    path.write_text('[split]\nhead_blocks = 1.5\n')
+    with pytest.raises(ConfigError, match=r"^split\.head_blocks"):
+        load_config(path)
+    path.write_text('[prune]\nkeep = true\n')
+    with pytest.raises(ConfigError, match=r"^prune\.keep"):
+        load_config(path)
+
+
+def test_missing_or_broken_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fed\n")
+    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+        load_config(bad)

@@ -1,0 +1,122 @@
+"""The split step against the unsplit model, and what crosses the boundary."""
+
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from tinyvit import tiny_vit
+from sfprompt.platform.accounting import Link, count_flops, nbytes
+from sfprompt.platform.methods import METHODS, set_trainable
+from sfprompt.platform.server import BodyServer
+from sfprompt.platform.split import split_vit
+from sfprompt.platform.steps import local_loss_update, split_update
+
+
+class Capture:
+    """An optimizer stand-in that records the gradients it would apply."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), []
+
+    def step(self):
+        self.grads.append([p.grad.clone() for p in self.params])
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+class RecordingServer(BodyServer):
+    """A BodyServer that keeps every payload it receives and sends."""
+
+    def __init__(self, body):
+        super().__init__(body)
+        self.received, self.sent = [], []
+
+    def forward(self, key, smashed, input_grad):
+        self.received.append(smashed)
+        out = super().forward(key, smashed, input_grad)
+        self.sent.append(out)
+        return out
+
+    def backward(self, key, grad_out):
+        self.received.append(grad_out)
+        grad = super().backward(key, grad_out)
+        self.sent.append(grad)
+        return grad
+
+
+def _setup(variant="dinov2", h=1, t=1, prompts=3):
+    split = split_vit(tiny_vit(variant), h, t, prompt_length=prompts)
+    set_trainable(split, METHODS["sfprompt"])
+    trainable = [p for p in split.client().parameters() if p.requires_grad]
+    torch.manual_seed(1)
+    batch = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    return split, trainable, batch
+
+
+def test_split_step_gradients_equal_unsplit_model(variant):
+    split, trainable, (x, y) = _setup(variant)
+    F.cross_entropy(split.forward(x), y).backward()
+    expected = [p.grad.clone() for p in trainable]
+    for p in trainable:
+        p.grad = None
+
+    capture = Capture(trainable)
+    split_update(split, [(x, y)], capture, BodyServer(split.body), Link(), key=0, flops=Counter())
+    for got, want in zip(capture.grads[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_bytes_counted_equal_the_tensors_that_crossed():
+    split, trainable, (x, y) = _setup(h=2, t=1, prompts=3)
+    server, link = RecordingServer(split.body), Link()
+    split_update(split, [(x, y), (x[:3], y[:3])], Capture(trainable), server, link, key=0,
+                 flops=Counter())
+    smashed = [server.received[0], server.received[2]]
+    grads_up = [server.received[1], server.received[3]]
+    assert link.bytes["smashed_up"] == sum(nbytes(t) for t in smashed)
+    assert link.bytes["gradients_up"] == sum(nbytes(t) for t in grads_up)
+    assert link.bytes["activations_down"] == sum(nbytes(t) for t in server.sent[0::2])
+    assert link.bytes["gradients_down"] == sum(nbytes(t) for t in server.sent[1::2])
+    # By hand: 7 images, 1 CLS + 3 prompts + 16 patches, dim 48, float32.
+    assert link.bytes["smashed_up"] == 7 * (1 + 3 + 16) * 48 * 4
+    assert set(link.bytes) == {"smashed_up", "activations_down", "gradients_up", "gradients_down"}
+
+
+def test_no_gradient_crosses_when_nothing_upstream_learns():
+    # No prompts and no head blocks training: the gradient has no one to go to.
+    split, trainable, (x, y) = _setup(prompts=0)
+    link = Link()
+    split_update(split, [(x, y)], Capture(trainable), BodyServer(split.body), link, key=0,
+                 flops=Counter())
+    assert link.bytes["gradients_up"] == 0 and link.bytes["gradients_down"] == 0
+    assert link.bytes["smashed_up"] > 0
+
+
+def test_local_loss_update_sends_nothing_and_changes_only_trainables():
+    split, trainable, (x, y) = _setup()
+    before = {n: p.clone() for n, p in split.client().named_parameters()}
+    body_before = [p.clone() for p in split.body.parameters()]
+    flops = Counter()
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    local_loss_update(split, [(x, y)], opt, flops)
+    for n, p in split.client().named_parameters():
+        changed = not torch.equal(before[n], p)
+        assert changed == p.requires_grad, n
+    assert all(torch.equal(a, b) for a, b in zip(body_before, split.body.parameters()))
+    assert flops["client"] > 0
+
+
+def test_server_flops_are_not_billed_to_the_client():
+    split, trainable, (x, y) = _setup(h=1, t=1)
+    server, flops = BodyServer(split.body), Counter()
+    split_update(split, [(x, y)], Capture(trainable), server, Link(), key=7, flops=flops)
+    whole = Counter()
+    with count_flops(whole, "all"):
+        F.cross_entropy(split.forward(x), y).backward()
+    server_flops = server.take_flops(7)
+    assert server_flops > 0 and flops["client"] > 0
+    # The same operations run, split across the two bills.
+    assert flops["client"] + server_flops == whole["all"]
