@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 
 import torch
 from torch.utils import flop_counter
@@ -37,17 +38,37 @@ def nbytes(payload: torch.Tensor | Mapping[str, torch.Tensor]) -> int:
     return sum(nbytes(t) for t in payload.values())
 
 
+# Called with (kind, bytes) for every message sent inside `on_send` (realtime emulation).
+_send_hook: ContextVar[Callable[[str, int], None] | None] = ContextVar("send_hook", default=None)
+
+
+@contextlib.contextmanager
+def on_send(hook: Callable[[str, int], None]) -> Iterator[None]:
+    """Call `hook(kind, nbytes)` for every message any Link sends in this context."""
+    token = _send_hook.set(hook)
+    try:
+        yield
+    finally:
+        _send_hook.reset(token)
+
+
 class Link:
     """One client's connection to the server: copies what crosses and counts its bytes."""
 
     def __init__(self) -> None:
         self.bytes: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()  # one per send: each pays the latency
 
     def send(self, kind: str, payload):
         """Carry `payload` (tensor or state dict) across; returns the receiver's copy."""
         if kind not in KINDS:
             raise ValueError(f"unknown traffic kind {kind!r}")
-        self.bytes[kind] += nbytes(payload)
+        size = nbytes(payload)
+        self.bytes[kind] += size
+        self.messages[kind] += 1
+        hook = _send_hook.get()
+        if hook is not None:
+            hook(kind, size)
         if isinstance(payload, torch.Tensor):
             return payload.detach().clone()
         return {name: t.detach().clone() for name, t in payload.items()}

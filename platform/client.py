@@ -41,7 +41,8 @@ class ClientResult:
     num_kept: int
     train_loss: float  # mean loss of the last training phase that ran
     local_loss: float  # mean loss of the local-loss update (nan if it did not run)
-    bytes: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)  # by traffic kind
+    messages: dict[str, int] = field(default_factory=dict)  # by traffic kind
     client_flops: int = 0
     server_flops: int = 0  # filled in by the coordinator from the server's counter
 
@@ -71,9 +72,6 @@ class Device:
         for start in range(0, len(idx), batch_size):
             chunk = idx[start:start + batch_size]
             yield to_model_input(self.images[chunk], **self._norm), self.labels[chunk]
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.client_model.parameters() if p.requires_grad]
 
     def state(self) -> State:
         """The trainable client-side parameters by name (`head.prompts`, `tail.*`)."""

@@ -68,9 +68,11 @@ class TrainConfig:
     # Epochs of split training (through the server body) per round.
     split_epochs: int = 1
     batch_size: int = 32
-    # Adam for prompts and tail: prompts need a much larger step than fine-tuned weights
-    # and Adam's per-parameter scaling handles both with one rate.
-    lr: float = 1e-3
+    # Adam rate of the parameters that start from scratch: prompts and the classifier.
+    lr: float = 1e-2
+    # Adam rate of trainable parameters that come pretrained (tail blocks, final norm):
+    # a step as large as the new parameters' wrecks a pretrained block in a few updates.
+    pretrained_lr: float = 1e-4
     weight_decay: float = 0.0
     # Batch size for evaluation and EL2N scoring (no gradients, so larger is fine).
     eval_batch_size: int = 128
@@ -102,12 +104,73 @@ class FedConfig:
     # Dirichlet concentration; small = skewed label mixes.
     alpha: float = 0.5
     shards_per_client: int = 2
+    # Fewest samples a client may hold; dirichlet redraws until every client has them.
+    min_samples: int = 1
     # Aggregation rule from the registry (weights = kept samples).
     aggregation: str = "fedavg"
+    # Round protocol: "wait_all" (the round ends when the last client does), "deadline"
+    # (clients whose simulated time exceeds fed.deadline_s are dropped as late),
+    # "over_commit" (sample ceil(fed.over_commit x clients_per_round), aggregate the
+    # first clients_per_round to finish, drop the rest).
+    protocol: str = "wait_all"
+    # Simulated seconds a client may take under the deadline protocol.
+    deadline_s: float = 600.0
+    # Over-commit factor c >= 1 of the over_commit protocol.
+    over_commit: float = 1.3
 
 
-# Where the round loop runs; "local" is the in-process reference.
-BACKENDS = ("local",)
+@dataclass(frozen=True)
+class ProfilesConfig:
+    # Where client profiles come from (profile-source registry): "tier" (every client
+    # the tier below), "mix" (each client draws a tier by weight), "trace" (one CSV or
+    # Parquet row per client). `sfprompt profiles` lists the tiers.
+    source: str = "mix"
+    # The tier of source = "tier".
+    tier: str = "mid_phone"
+    # Tier weights of source = "mix", as "tier:weight,..." (normalised to sum 1).
+    mix: str = "low_phone:0.3,mid_phone:0.5,flagship_phone:0.2"
+    # Lognormal spread (sigma of the log) of compute, uplink and downlink around the
+    # tier's figures, per client; 0 = exactly the tier. Traces are taken as given.
+    sigma: float = 0.3
+    # CSV or Parquet file of source = "trace", one row per client (row i = client i).
+    trace: str = ""
+    # Server tier holding the body (a100, h100, t4).
+    server: str = "a100"
+    # Requests the server runs side by side; 0 = the server tier's figure.
+    server_concurrency: int = 0
+
+
+NETWORK_MODES = ("simulated", "realtime")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    # "simulated": time comes from counted FLOPs and bytes and is never slept.
+    # "realtime": client work also sleeps every message's emulated delay (latency +
+    # jitter + bytes / bandwidth) times time_scale, for wall-clock behaviour.
+    mode: str = "simulated"
+    # Realtime sleep per emulated second (1 = real time, 0.01 = 100x faster).
+    time_scale: float = 1.0
+
+
+# Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).
+BACKENDS = ("ray", "local")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    # Cluster of the ray backend: "" starts a local Ray instance with this machine's
+    # CPUs, "auto" joins the cluster this machine is part of, "host:port" that head node.
+    address: str = ""
+    # Client actors (each holds one copy of the client-side model and serves any
+    # simulated client); 0 = one per CPU left after the server actor, at least 1.
+    num_client_actors: int = 0
+    # Custom Ray resource the server actor asks for (e.g. "server_gpu", a node label);
+    # "" = one GPU when the cluster has one, else one CPU.
+    server_resource: str = ""
+    # Seconds any remote call may take (actor start-up, a client's round, a server
+    # request) before the run fails naming this key.
+    timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -117,9 +180,13 @@ class RunConfig:
     out_dir: str = "runs"
     # Run directory name; empty = timestamp + random suffix.
     run_id: str = ""
-    # "local": in-process reference backend.
-    backend: str = "local"
-    # torch threads in this process (0 = torch's default).
+    # "ray": client actors and a server actor (see [ray]); "local": everything in this
+    # process, the reference the ray backend reproduces number for number.
+    backend: str = "ray"
+    # torch threads for client and server work, in this process and in every Ray actor
+    # (0 = torch's default in this process). Float results depend on the thread count,
+    # so both backends use this one figure; on a many-core node with many client actors
+    # set it to 1 to avoid oversubscription.
     threads: int = 0
 
 
@@ -132,7 +199,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     fed: FedConfig = field(default_factory=FedConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # ---------------------------------------------------------------- building from dicts
@@ -284,12 +354,13 @@ def validate(cfg: Config) -> None:
     _check(cfg.model.img_size > 0, "model.img_size", f"must be positive, got {cfg.model.img_size}")
     for key in ("split.head_blocks", "split.tail_blocks", "prompt.length",
                 "train.local_epochs", "train.split_epochs", "data.max_samples",
-                "run.threads"):
+                "run.threads", "ray.num_client_actors"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value >= 0, key, f"must be >= 0, got {value}")
     for key in ("train.batch_size", "train.eval_batch_size", "fed.rounds",
-                "fed.num_clients", "fed.clients_per_round", "fed.shards_per_client"):
+                "fed.num_clients", "fed.clients_per_round", "fed.shards_per_client",
+                "fed.min_samples"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value >= 1, key, f"must be >= 1, got {value}")
@@ -300,8 +371,12 @@ def validate(cfg: Config) -> None:
            f"must be a positive number, got {cfg.fed.alpha}")
     _check(cfg.train.lr > 0 and math.isfinite(cfg.train.lr), "train.lr",
            f"must be a positive number, got {cfg.train.lr}")
+    _check(cfg.train.pretrained_lr >= 0 and math.isfinite(cfg.train.pretrained_lr),
+           "train.pretrained_lr", f"must be >= 0, got {cfg.train.pretrained_lr}")
     _check(cfg.train.weight_decay >= 0, "train.weight_decay",
            f"must be >= 0, got {cfg.train.weight_decay}")
+    _check(cfg.ray.timeout_s > 0 and math.isfinite(cfg.ray.timeout_s), "ray.timeout_s",
+           f"must be a positive number of seconds, got {cfg.ray.timeout_s}")
     _check(cfg.fed.clients_per_round <= cfg.fed.num_clients, "fed.clients_per_round",
            f"{cfg.fed.clients_per_round} exceeds fed.num_clients = {cfg.fed.num_clients}")
     _check(cfg.split.local_pool in ("auto", "mean", "model"), "split.local_pool",
@@ -319,4 +394,35 @@ def validate(cfg: Config) -> None:
     used = cfg.split.head_blocks + cfg.split.tail_blocks
     _check(used <= depth, "split",
            f"head_blocks + tail_blocks = {used} exceeds the {depth} blocks of {cfg.model.name}")
+    _validate_clock(cfg)
+
+
+def _validate_clock(cfg: Config) -> None:
+    """The virtual clock's settings: profiles, network emulation, round protocol."""
+    from sfprompt.platform.profiles import PROFILE_SOURCES, SERVER_TIERS, TIERS, parse_mix
+    from sfprompt.platform.protocols import PROTOCOLS
+
+    for key, value, registry in (
+        ("profiles.source", cfg.profiles.source, PROFILE_SOURCES),
+        ("profiles.tier", cfg.profiles.tier, TIERS),
+        ("profiles.server", cfg.profiles.server, SERVER_TIERS),
+        ("network.mode", cfg.network.mode, NETWORK_MODES),
+        ("fed.protocol", cfg.fed.protocol, PROTOCOLS),
+    ):
+        _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
+    parse_mix(cfg.profiles.mix)  # raises ConfigError naming profiles.mix
+    _check(cfg.profiles.source != "trace" or bool(cfg.profiles.trace), "profiles.trace",
+           "must name a CSV or Parquet file when profiles.source = 'trace'")
+    for key, value, low in (("profiles.sigma", cfg.profiles.sigma, 0.0),
+                            ("network.time_scale", cfg.network.time_scale, 0.0),
+                            ("fed.over_commit", cfg.fed.over_commit, 1.0)):
+        _check(value >= low and math.isfinite(value), key, f"must be a number >= {low}, got {value}")
+    _check(cfg.fed.deadline_s > 0 and math.isfinite(cfg.fed.deadline_s), "fed.deadline_s",
+           f"must be a positive number, got {cfg.fed.deadline_s}")
+    _check(cfg.profiles.server_concurrency >= 0, "profiles.server_concurrency",
+           f"must be >= 0, got {cfg.profiles.server_concurrency}")
+    sampled = PROTOCOLS[cfg.fed.protocol].sample_size(cfg.fed)
+    _check(sampled <= cfg.fed.num_clients, "fed.over_commit",
+           f"{cfg.fed.protocol} samples {sampled} clients, more than fed.num_clients = "
+           f"{cfg.fed.num_clients}")
 

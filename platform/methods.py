@@ -50,6 +50,21 @@ def set_trainable(split: SplitModel, method: Method) -> None:
         param.requires_grad_(method.server_trains)
 
 
+def is_new(name: str) -> bool:
+    """Parameters that start from scratch rather than from the pretrained model."""
+    return name == "head.prompts" or name.startswith("tail.head.")
+
+
+def make_optimizer(cfg: Config, device: Device) -> torch.optim.Optimizer:
+    """Adam, fresh every round (clients keep no optimizer state between rounds), with
+    `train.lr` for new parameters and `train.pretrained_lr` for pretrained ones."""
+    named = [(n, p) for n, p in device.client_model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if is_new(n)], "lr": cfg.train.lr},
+              {"params": [p for n, p in named if not is_new(n)], "lr": cfg.train.pretrained_lr}]
+    return torch.optim.Adam([g for g in groups if g["params"]],
+                            weight_decay=cfg.train.weight_decay)
+
+
 def _prompts_and_tail(name: str) -> bool:
     return name == "head.prompts" or name.startswith("tail.")
 
@@ -71,8 +86,7 @@ def sfprompt_round(cfg: Config, device: Device, task: ClientTask, global_state: 
                                SCORES[cfg.prune.score], generator, flops)
         kept = task.indices[select_hardest(scores, cfg.prune.keep).numpy()]
 
-    optimizer = torch.optim.Adam(device.trainable(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(cfg, device)
     local_loss = train_loss = math.nan
     for _ in range(cfg.train.local_epochs):
         local_loss = train_loss = local_loss_update(
@@ -85,4 +99,5 @@ def sfprompt_round(cfg: Config, device: Device, task: ClientTask, global_state: 
     state = link.send("upload", device.state())
     return ClientResult(client=task.client, state=state, num_samples=len(task.indices),
                         num_kept=len(kept), train_loss=train_loss, local_loss=local_loss,
-                        bytes=dict(link.bytes), client_flops=flops["client"])
+                        bytes=dict(link.bytes), messages=dict(link.messages),
+                        client_flops=flops["client"])

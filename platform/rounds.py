@@ -1,19 +1,24 @@
 """The round loop, written once, and the in-process backend.
 
     for each round:
-        sample clients -> backend runs each client's round (method.client_round)
-        -> aggregate the uploaded states (weights = kept samples) -> evaluate -> one row
+        sample clients (protocol) -> drop the offline ones -> backend runs each online
+        client's round (method.client_round) -> virtual clock: simulated times ->
+        protocol: who is aggregated, when the round ends -> aggregate the uploaded
+        states (weights = kept samples) -> evaluate -> one row
 
-The coordinator owns the global trainable state, client sampling and seeds; a backend
-only executes client work and evaluation. `LocalBackend` does that in this process and
-is the reference any other backend (Ray) must reproduce number for number.
+The coordinator owns the global trainable state, client sampling, profiles, the
+virtual clock and seeds; a backend only executes client work and evaluation.
+`LocalBackend` does that in this process and is the reference any other backend (Ray)
+must reproduce number for number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,10 +29,14 @@ import torch
 from sfprompt.platform.accounting import DOWN, KINDS
 from sfprompt.platform.aggregation import AGGREGATIONS
 from sfprompt.platform.client import ClientResult, ClientTask, Device, State, parameters_by_name
+from sfprompt.platform.clock import ClientTime, client_times
 from sfprompt.platform.config import Config
 from sfprompt.platform.datasets import ImageData, load_dataset
 from sfprompt.platform.methods import METHODS, set_trainable
+from sfprompt.platform.network import emulate_network
 from sfprompt.platform.partition import partition
+from sfprompt.platform.profiles import Profile, ServerProfile, make_profiles, server_profile
+from sfprompt.platform.protocols import PROTOCOLS, is_online
 from sfprompt.platform.server import BodyServer
 from sfprompt.platform.split import SplitModel, split_vit
 from sfprompt.platform.steps import evaluate
@@ -45,6 +54,8 @@ class World:
     shards: list[np.ndarray]
     split: SplitModel
     norm: dict  # img_size, mean, std for to_model_input
+    profiles: list[Profile]  # one per registered client
+    server: ServerProfile
 
 
 def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
@@ -69,9 +80,11 @@ def build_world(cfg: Config) -> World:
                         max_samples=cfg.data.max_samples or None, download=cfg.data.download)
     shards = partition(cfg.fed.partition, data.train_labels.numpy(), cfg.fed.num_clients,
                        seed=cfg.run.seed, alpha=cfg.fed.alpha,
-                       shards_per_client=cfg.fed.shards_per_client)
+                       shards_per_client=cfg.fed.shards_per_client,
+                       min_samples=cfg.fed.min_samples)
     split, norm = build_split(cfg, data.num_classes)
-    return World(cfg, data, shards, split, norm)
+    profiles = make_profiles(cfg.profiles, cfg.fed.num_clients, cfg.run.seed)
+    return World(cfg, data, shards, split, norm, profiles, server_profile(cfg.profiles))
 
 
 class Backend(Protocol):
@@ -88,14 +101,18 @@ class LocalBackend:
         self.method = METHODS[cfg.train.method]
         self.device = Device(world.split, world.data.train_images, world.data.train_labels,
                              **world.norm)
-        self.server = BodyServer(world.split.body, trains=self.method.server_trains, lr=cfg.train.lr)
+        self.server = BodyServer(world.split.body, trains=self.method.server_trains,
+                                 lr=cfg.train.pretrained_lr)
         self.test = Device(world.split, world.data.test_images, world.data.test_labels, **world.norm)
         self._test_indices = np.arange(len(world.data.test_labels))
+        self.profiles = world.profiles
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
         results = []
         for task in tasks:
-            result = self.method.client_round(self.cfg, self.device, task, global_state, self.server)
+            with emulate_network(self.cfg.network, self.profiles[task.client], task.seed):
+                result = self.method.client_round(self.cfg, self.device, task, global_state,
+                                                  self.server)
             result.server_flops = self.server.take_flops(task.client)
             results.append(result)
         return results
@@ -111,46 +128,113 @@ def client_seed(seed: int, round_: int, client: int) -> int:
     return int(np.random.SeedSequence([seed, round_, client]).generate_state(1)[0])
 
 
-def sample_clients(cfg: Config, round_: int) -> list[int]:
+def sample_clients(cfg: Config, round_: int, count: int | None = None) -> list[int]:
+    """`count` distinct clients (default fed.clients_per_round), by (seed, round)."""
     rng = np.random.default_rng([cfg.run.seed, round_])
-    chosen = rng.choice(cfg.fed.num_clients, size=cfg.fed.clients_per_round, replace=False)
+    size = cfg.fed.clients_per_round if count is None else count
+    chosen = rng.choice(cfg.fed.num_clients, size=size, replace=False)
     return sorted(int(c) for c in chosen)
 
 
-def round_row(round_: int, results: list[ClientResult], accuracy: float, loss: float,
-              wall: float) -> dict:
-    """One row of rounds.parquet: metrics and measured costs, summed over clients."""
-    kept = sum(r.num_kept for r in results)
+@dataclass(frozen=True)
+class Outcome:
+    """One sampled client in one round: its status and, if it ran, what it did and when."""
+
+    client: int
+    profile: Profile
+    status: str  # protocols.STATUSES
+    result: ClientResult | None = None  # None when offline
+    time: ClientTime | None = None
+
+
+def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float, wall: float,
+              sim_seconds: float, sim_elapsed: float) -> dict:
+    """One row of rounds.parquet. What the update learned from (participants, samples,
+    training loss) counts the aggregated clients; what the round cost (FLOPs, bytes)
+    counts every client that ran, late and dropped ones included: that work was spent."""
+    ran = [o.result for o in outcomes if o.result is not None]
+    aggregated = [o.result for o in outcomes if o.status == "ok"]
+    kept_samples = sum(r.num_kept for r in aggregated)
+    statuses = Counter(o.status for o in outcomes)
     row = {"round": round_, "accuracy": accuracy, "loss": loss, "wall_seconds": wall,
-           "participants": len(results),
-           "train_loss": sum(r.train_loss * r.num_kept for r in results) / max(kept, 1),
-           "samples": sum(r.num_samples for r in results), "kept_samples": kept,
-           "flops.client": sum(r.client_flops for r in results),
-           "flops.server": sum(r.server_flops for r in results)}
+           "participants": len(aggregated), "sampled": len(outcomes),
+           "offline": statuses["offline"], "late": statuses["late"], "dropped": statuses["dropped"],
+           "train_loss": (sum(r.train_loss * r.num_kept for r in aggregated)
+                          / max(kept_samples, 1) if aggregated else math.nan),
+           "samples": sum(r.num_samples for r in aggregated), "kept_samples": kept_samples,
+           "flops.client": sum(r.client_flops for r in ran),
+           "flops.server": sum(r.server_flops for r in ran),
+           "sim.round_seconds": sim_seconds, "sim.elapsed_seconds": sim_elapsed}
     for kind in KINDS:
-        row[f"bytes.{kind}"] = sum(r.bytes.get(kind, 0) for r in results)
+        row[f"bytes.{kind}"] = sum(r.bytes.get(kind, 0) for r in ran)
     row["bytes.down"] = sum(row[f"bytes.{k}"] for k in DOWN)
     row["bytes.up"] = sum(row[f"bytes.{k}"] for k in KINDS if k not in DOWN)
     return row
 
 
-def run_rounds(world: World, backend: Backend) -> Iterator[tuple[dict, list[ClientResult]]]:
-    """The federated loop; yields each round's row and its client results."""
+def client_rows(row: dict, outcomes: list[Outcome]) -> list[dict]:
+    """clients.parquet rows of one round (`row`: its rounds.parquet row): profile and
+    status of every sampled client, and for those that ran, what they did and when.
+    Idle is the time a client waits, done, for the round to end."""
+    rows = []
+    for o in outcomes:
+        out = {"round": row["round"], "client": o.client, "status": o.status,
+               **{f"profile.{k}": v for k, v in dataclasses.asdict(o.profile).items()}}
+        r, t = o.result, o.time
+        if r is not None and t is not None:
+            out.update({"samples": r.num_samples, "kept_samples": r.num_kept,
+                        "train_loss": r.train_loss, "local_loss": r.local_loss,
+                        "flops.client": r.client_flops, "flops.server": r.server_flops,
+                        **{f"bytes.{k}": r.bytes.get(k, 0) for k in KINDS},
+                        **{f"messages.{k}": r.messages.get(k, 0) for k in KINDS},
+                        "sim.compute_seconds": t.compute, "sim.comm_seconds": t.comm,
+                        "sim.server_seconds": t.server, "sim.queue_seconds": t.queue,
+                        "sim.finish_seconds": t.finish,
+                        "sim.idle_seconds": max(row["sim.round_seconds"] - t.finish, 0.0)})
+        rows.append(out)
+    return rows
+
+
+def run_rounds(world: World, backend: Backend) -> Iterator[tuple[dict, list[Outcome]]]:
+    """The federated loop; yields each round's row and the outcome of every sampled client."""
     cfg = world.cfg
     aggregate = AGGREGATIONS[cfg.fed.aggregation]
+    protocol = PROTOCOLS[cfg.fed.protocol]
     global_state = {k: v.clone() for k, v in
                     parameters_by_name(world.split.client(), trainable=True).items()}
     visited: set[int] = set()
+    elapsed = 0.0
     for round_ in range(1, cfg.fed.rounds + 1):
         start = time.perf_counter()
+        sampled = sample_clients(cfg, round_, protocol.sample_size(cfg.fed))
+        online: list[int] = []
+        offline: list[int] = []
+        for c in sampled:
+            there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
+            (online if there else offline).append(c)
         tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
                             first_visit=c not in visited)
-                 for c in sample_clients(cfg, round_)]
-        visited.update(t.client for t in tasks)
-        results = sorted(backend.run_clients(tasks, global_state), key=lambda r: r.client)
-        global_state = aggregate([r.state for r in results], [r.num_kept for r in results])
+                 for c in online]
+        visited.update(online)
+        results = sorted(backend.run_clients(tasks, global_state) if tasks else [],
+                         key=lambda r: r.client)
+        times = client_times(results, [world.profiles[r.client] for r in results], world.server,
+                             cfg.run.seed, round_)
+        statuses, seconds = protocol.select(cfg.fed, [t.finish for t in times])
+        elapsed += seconds
+        outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t)
+                           for r, s, t in zip(results, statuses, times)]
+                          + [Outcome(c, world.profiles[c], "offline") for c in offline],
+                          key=lambda o: o.client)
+        aggregated = [o.result for o in outcomes if o.status == "ok"]
+        if aggregated:
+            global_state = aggregate([r.state for r in aggregated],
+                                     [r.num_kept for r in aggregated])
+        else:
+            log.warning("round %d: no client update to aggregate; the global state stays", round_)
         accuracy, loss = backend.evaluate(global_state)
-        row = round_row(round_, results, accuracy, loss, time.perf_counter() - start)
-        if not math.isfinite(row["train_loss"]):
+        row = round_row(round_, outcomes, accuracy, loss, time.perf_counter() - start, seconds,
+                        elapsed)
+        if aggregated and not math.isfinite(row["train_loss"]):
             log.warning("round %d: training loss is %s", round_, row["train_loss"])
-        yield row, results
+        yield row, outcomes

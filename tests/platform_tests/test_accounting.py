@@ -33,6 +33,7 @@ def test_link_counts_numel_times_element_size_and_copies():
     half = link.send("activations_down", torch.zeros(5, dtype=torch.float16))
     state = link.send("upload", {"a": torch.zeros(2, 2), "b": torch.zeros(3, dtype=torch.int64)})
     assert link.bytes == {"smashed_up": 48, "activations_down": 10, "upload": 16 + 24}
+    assert link.messages == {"smashed_up": 1, "activations_down": 1, "upload": 1}
     assert nbytes(state) == 40 and half.dtype == torch.float16
     assert not got.requires_grad and got.data_ptr() != t.data_ptr()
     torch.testing.assert_close(got, t.detach())
