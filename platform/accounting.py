@@ -2,7 +2,8 @@
 
 Nothing here estimates. `Link.send` is the boundary itself: every tensor that goes from
 a client to the server or back passes through it, is copied (as a wire would) and is
-counted as numel x element size under its kind. FLOPs come from torch's own
+counted as numel x element size under its kind; a kind with a codec (compression.py)
+is counted as encoded and arrives decoded. FLOPs come from torch's own
 `FlopCounterMode` around the code that actually runs; we add the formulas torch lacks
 for the CPU flash-attention kernels so attention is counted on every device.
 """
@@ -13,10 +14,14 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+if TYPE_CHECKING:
+    from sfprompt.platform.compression import Codec
 
 # The kinds of traffic, in the order of a round.
 KINDS = (
@@ -53,22 +58,28 @@ def on_send(hook: Callable[[str, int], None]) -> Iterator[None]:
 
 
 class Link:
-    """One client's connection to the server: copies what crosses and counts its bytes."""
+    """One client's connection to the server: copies what crosses and counts its bytes.
+    `codecs` gives the encoding of a kind's tensors (none: as they are)."""
 
-    def __init__(self) -> None:
+    def __init__(self, codecs: Mapping[str, Codec] | None = None) -> None:
         self.bytes: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()  # one per send: each pays the latency
+        self.codecs = dict(codecs or {})
 
     def send(self, kind: str, payload):
         """Carry `payload` (tensor or state dict) across; returns the receiver's copy."""
         if kind not in KINDS:
             raise ValueError(f"unknown traffic kind {kind!r}")
-        size = nbytes(payload)
+        codec = self.codecs.get(kind) if isinstance(payload, torch.Tensor) else None
+        wire = codec.encode(payload.detach()) if codec is not None else payload
+        size = nbytes(wire)
         self.bytes[kind] += size
         self.messages[kind] += 1
         hook = _send_hook.get()
         if hook is not None:
             hook(kind, size)
+        if codec is not None:
+            return codec.decode(wire, payload.dtype)
         if isinstance(payload, torch.Tensor):
             return payload.detach().clone()
         return {name: t.detach().clone() for name, t in payload.items()}

@@ -69,10 +69,10 @@ class TrainConfig:
     split_epochs: int = 1
     batch_size: int = 32
     # Adam rate of the parameters that start from scratch: prompts and the classifier.
-    lr: float = 1e-2
+    lr: float = 1e-3
     # Adam rate of trainable parameters that come pretrained (tail blocks, final norm):
     # a step as large as the new parameters' wrecks a pretrained block in a few updates.
-    pretrained_lr: float = 1e-4
+    pretrained_lr: float = 1e-5
     weight_decay: float = 0.0
     # Batch size for evaluation and EL2N scoring (no gradients, so larger is fine).
     eval_batch_size: int = 128
@@ -153,6 +153,15 @@ class NetworkConfig:
     time_scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class CompressConfig:
+    # Codec (compression.py: none, fp16, bf16, int8 = per-token absmax) of the
+    # activations that cross the cut: smashed up and body output down.
+    activations: str = "none"
+    # Codec of the gradients that cross the cut: up to the body and down to the head.
+    gradients: str = "none"
+
+
 # Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).
 BACKENDS = ("ray", "local")
 
@@ -201,6 +210,7 @@ class Config:
     fed: FedConfig = field(default_factory=FedConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -345,6 +355,7 @@ def validate(cfg: Config) -> None:
     """Range and cross-field checks; registries are imported here, not at module load,
     so reading a config stays cheap and free of import cycles."""
     from sfprompt.platform.aggregation import AGGREGATIONS
+    from sfprompt.platform.compression import CODECS
     from sfprompt.platform.datasets import DATASETS
     from sfprompt.platform.methods import METHODS
     from sfprompt.platform.partition import PARTITIONERS
@@ -388,6 +399,8 @@ def validate(cfg: Config) -> None:
         ("prune.score", cfg.prune.score, SCORES),
         ("train.method", cfg.train.method, METHODS),
         ("run.backend", cfg.run.backend, BACKENDS),
+        ("compress.activations", cfg.compress.activations, CODECS),
+        ("compress.gradients", cfg.compress.gradients, CODECS),
     ):
         _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
     depth = model_depth(cfg.model.name)

@@ -40,6 +40,7 @@ def run_experiment(cfg: Config, on_round: Callable[[dict], None] = lambda row: N
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     world = build_world(cfg)
+    cfg = world.cfg  # what runs and is recorded (a pooled method runs one client)
     backend = (make_backend or LocalBackend)(world)
     run_dir = create_run_dir(cfg.run.out_dir, cfg.run.run_id or None)
     handler = attach_run_log(run_dir)

@@ -32,7 +32,7 @@ from sfprompt.platform.client import ClientResult, ClientTask, Device, State, pa
 from sfprompt.platform.clock import ClientTime, client_times
 from sfprompt.platform.config import Config
 from sfprompt.platform.datasets import ImageData, load_dataset
-from sfprompt.platform.methods import METHODS, set_trainable
+from sfprompt.platform.methods import METHODS, prompt_length, set_trainable, world_config
 from sfprompt.platform.network import emulate_network
 from sfprompt.platform.partition import partition
 from sfprompt.platform.profiles import Profile, ServerProfile, make_profiles, server_profile
@@ -65,7 +65,11 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
     vit = create_vit(cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
                      weights=cfg.model.weights)
     vit.eval()  # no dropout or drop-path: the parts are trained, the model is not sampled
-    split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, cfg.prompt.length,
+    # A zero classifier starts every client from uniform predictions, so the first
+    # round's updates are about the data rather than about a random head's bias.
+    torch.nn.init.zeros_(vit.head.weight)
+    torch.nn.init.zeros_(vit.head.bias)
+    split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, prompt_length(cfg),
                       cfg.split.local_pool)
     set_trainable(split, METHODS[cfg.train.method])
     pcfg = vit.pretrained_cfg
@@ -75,6 +79,7 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
 
 
 def build_world(cfg: Config) -> World:
+    cfg = world_config(cfg)  # a pooled method (centralized) sees one client with all data
     data = load_dataset(cfg.data.name, root=cfg.data.root or None,
                         test_fraction=cfg.data.test_fraction, seed=cfg.run.seed,
                         max_samples=cfg.data.max_samples or None, download=cfg.data.download)

@@ -5,11 +5,17 @@ server keeps that client's autograd graph between its forward and backward. In S
 the body is frozen, so backward only computes the gradient of its input; a method that
 trains the body (SplitFed) passes `trains=True` and the server steps it after each
 backward.
-The in-process backend calls this object directly; the Ray server actor wraps it.
+The in-process backend calls this object directly; the Ray server actor wraps it and
+calls it from many threads at once. State is per client key and torch's FLOP counter
+is per thread, so different clients' requests do not mix; one lock still runs one
+request at a time, because a trained body must not step in the middle of another
+client's backward, and on a CPU one request already uses every core (two at once only
+oversubscribe them).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Hashable
 
@@ -26,29 +32,33 @@ class BodyServer:
         self.optimizer = torch.optim.Adam(body.parameters(), lr=lr) if trains else None
         self.flops: Counter[Hashable] = Counter()  # per client key, forward + backward
         self._pending: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()  # one request at a time (module doc)
 
     def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool) -> torch.Tensor:
         """Body output for `smashed`. The graph is kept for a backward call when the
         client wants the input gradient or the body itself trains."""
         keep = input_grad or self.trains
         x = smashed.requires_grad_(input_grad)
-        with count_flops(self.flops, key), torch.set_grad_enabled(keep):
-            out = self.body(x)
-        if keep:
-            self._pending[key] = (x, out)
+        with self._lock:
+            with count_flops(self.flops, key), torch.set_grad_enabled(keep):
+                out = self.body(x)
+            if keep:
+                self._pending[key] = (x, out)
         return out.detach()
 
     def backward(self, key: Hashable, grad_out: torch.Tensor) -> torch.Tensor | None:
         """Back-propagate `grad_out` through the body; returns d loss / d smashed (None
         when the forward did not ask for it) and steps the body when it trains."""
-        x, out = self._pending.pop(key)
-        with count_flops(self.flops, key):
-            out.backward(grad_out)
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        with self._lock:
+            x, out = self._pending.pop(key)
+            with count_flops(self.flops, key):
+                out.backward(grad_out)
+            if self.optimizer is not None:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
         return x.grad
 
     def take_flops(self, key: Hashable) -> int:
         """FLOPs spent on `key` since the last call (the coordinator's per-client figure)."""
-        return self.flops.pop(key, 0)
+        with self._lock:
+            return self.flops.pop(key, 0)

@@ -119,10 +119,15 @@ class SplitModel:
     body: Body
     tail: Tail
     local_pool: str
+    # The body lives on the client too (methods that do not split: fl, fl_prompt,
+    # centralized); set by `methods.set_trainable` from the method.
+    client_body: bool = False
 
     def client(self) -> nn.ModuleDict:
-        """The parameters that live on a client, named `head.*` and `tail.*`."""
-        return nn.ModuleDict({"head": self.head, "tail": self.tail})
+        """The parameters that live on a client, named `head.*` and `tail.*` (and
+        `body.*` when the whole model is on the client)."""
+        parts = {"head": self.head, "body": self.body, "tail": self.tail}
+        return nn.ModuleDict({k: m for k, m in parts.items() if k != "body" or self.client_body})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The full path, head -> body -> tail, in one process (evaluation, tests)."""

@@ -2,18 +2,27 @@
 
     score_samples      EL2N (or another score) on the local path, frozen, no gradients
     local_loss_update  cross-entropy on the local path (head -> tail): nothing crosses
+    full_update        cross-entropy on the full path in one place (the unsplit baselines)
     split_update       head -> smashed up -> body -> output down -> tail, loss ->
                        gradient up -> body backward -> gradient down -> prompts
 
 Client FLOPs are counted around client code only, so the server's work (which the
 server counts itself) never lands on the client's bill even in one process.
+
+The cost model (costmodel.py) runs these same steps on meta tensors, which have shapes
+but no values. Values leave a tensor in exactly two places, `loss_value` and
+`kept_positions`, and `apply_step` skips the optimizer on meta (it changes no value
+anyone could read, and neither sends nor counts anything); they are the dry-run seam,
+and nothing else here knows about meta.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +31,24 @@ from sfprompt.platform.pruning import Score
 from sfprompt.platform.split import SplitModel
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def loss_value(loss: torch.Tensor) -> float:
+    """The loss as a number for the record; unknown (nan) in a dry run."""
+    return math.nan if loss.is_meta else loss.item()
+
+
+def kept_positions(selected: torch.Tensor) -> np.ndarray:
+    """Positions chosen by pruning. A dry run knows how many, not which: all samples
+    have the same shape, so the first ones stand in and every cost is the same."""
+    return np.arange(selected.shape[0]) if selected.is_meta else selected.numpy()
+
+
+def apply_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Step on the gradients of `loss`, then clear them; a dry run only clears."""
+    if not loss.is_meta:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
@@ -36,18 +63,30 @@ def score_samples(split: SplitModel, batches: Batches, score: Score, generator: 
     return torch.cat(scores)  # (N,)
 
 
-def local_loss_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
-                      flops: Counter[str]) -> float:
-    """One epoch of the local-loss update; returns the mean training loss."""
+def _train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], batches: Batches,
+                 optimizer: torch.optim.Optimizer, flops: Counter[str]) -> float:
+    """One epoch of cross-entropy through `forward`, all on the client; mean loss."""
     total, count = 0.0, 0
     for images, labels in batches:
         with count_flops(flops, "client"):
-            loss = F.cross_entropy(split.local(images), labels)
+            loss = F.cross_entropy(forward(images), labels)
             loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total, count = total + loss.item() * len(labels), count + len(labels)
+        apply_step(optimizer, loss)
+        total, count = total + loss_value(loss) * len(labels), count + len(labels)
     return total / max(count, 1)
+
+
+def local_loss_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
+                      flops: Counter[str]) -> float:
+    """One epoch of the local-loss update; returns the mean training loss."""
+    return _train_epoch(split.local, batches, optimizer, flops)
+
+
+def full_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
+                flops: Counter[str]) -> float:
+    """One epoch on the full path (head -> body -> tail) with the whole model on the
+    client, as the unsplit baselines train; nothing crosses. Returns the mean loss."""
+    return _train_epoch(split.forward, batches, optimizer, flops)
 
 
 def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
@@ -72,9 +111,8 @@ def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Opt
                 grad = link.send("gradients_down", grad)
                 with count_flops(flops, "client"):
                     smashed.backward(grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total, count = total + loss.item() * len(labels), count + len(labels)
+        apply_step(optimizer, loss)
+        total, count = total + loss_value(loss) * len(labels), count + len(labels)
     return total / max(count, 1)
 
 

@@ -25,7 +25,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import huggingface_hub
@@ -73,6 +73,7 @@ def create_vit(
     return model
 
 
+@lru_cache(maxsize=None)  # config validation asks often; building on meta still costs ~0.3 s
 def model_depth(name: str) -> int:
     """Number of transformer blocks of timm ViT `name`, without allocating its weights."""
     return len(_meta_vit(name).blocks)

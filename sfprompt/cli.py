@@ -3,6 +3,14 @@
     sfprompt run    [--config FILE] [key=value ...]   run a simulation, write runs/<id>/
     sfprompt config [--config FILE] [key=value ...]   print the resolved configuration
     sfprompt profiles                                 list the device and server tiers
+    sfprompt study run FILE [--dir DIR] [--parallel N]  run an Optuna study (studies/)
+    sfprompt study resume DIR [--parallel N]          continue a stopped or killed study
+    sfprompt study export DIR                         trials.parquet, Pareto front, plots
+    sfprompt compare [--config FILE] [--methods a,b] [--seeds 0,1,2] [--target ACC] [key=value ...]
+                                                      every method x seed, one table + plots
+    sfprompt report DIR [--target ACC]                plots of a run; table + plots of a comparison
+    sfprompt cost [--config FILE] [--samples N] [--classes C] [--methods a,b] [key=value ...]
+                                                      bytes and FLOPs of one client's round, no compute
 
 User errors (bad keys, missing files, impossible splits) print one line and exit 2.
 """
@@ -37,12 +45,13 @@ def _config(args):
 
 
 def cmd_run(args) -> int:
+    from sfprompt.actors.backend import make_backend
     from sfprompt.platform.experiment import run_experiment
     cfg = _config(args)
     print(f"sfprompt: {cfg.train.method} on {cfg.data.name} with {cfg.model.name} "
           f"({cfg.model.weights} weights), {cfg.fed.num_clients} clients, "
           f"{cfg.fed.clients_per_round} per round, {cfg.fed.rounds} rounds", flush=True)
-    run_dir = run_experiment(cfg, on_round=_progress(cfg.fed.rounds))
+    run_dir = run_experiment(cfg, on_round=_progress(cfg.fed.rounds), make_backend=make_backend)
     print(f"results: {run_dir}")
     return 0
 
@@ -73,6 +82,149 @@ def cmd_profiles(args) -> int:
     return 0
 
 
+def _trial_printer(objectives):
+    def show(trial) -> None:
+        values = "  ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, trial.values or []))
+        reason = trial.user_attrs.get("fail_reason", "")
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in trial.params.items())
+        print(f"trial {trial.number:>4} {trial.state.name.lower():<8} {seconds:7.1f} s  {params}"
+              f"{'  ' + values if values else ''}{'  (' + reason + ')' if reason else ''}",
+              flush=True)
+    return show
+
+
+def _study_exports(study_dir) -> int:
+    from sfprompt.studies.export import PARETO_MD, export_study
+    written = export_study(study_dir)
+    print((study_dir / PARETO_MD).read_text(), end="")
+    print("exports:\n" + "\n".join(f"  {p}" for p in written))
+    return 0
+
+
+def cmd_study(args) -> int:
+    from pathlib import Path
+    import optuna
+    from sfprompt.studies.runner import run_study, start_study
+    from sfprompt.studies.spec import load_spec
+    from sfprompt.studies.storage import read_study_spec
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trial lines below say it all
+    if args.action == "run":
+        show = _trial_printer(load_spec(args.target).objectives)
+        study_dir = start_study(args.target, args.dir, args.parallel, on_trial=show)
+    else:
+        study_dir = Path(args.target)
+        if args.action == "resume":
+            show = _trial_printer(read_study_spec(study_dir).objectives)
+            run_study(study_dir, args.parallel, on_trial=show)
+    print(f"study: {study_dir}")
+    return _study_exports(study_dir)
+
+
+METHOD_ORDER = "sfprompt,fl,fl_prompt,sfl,centralized"
+
+
+def _names(text: str, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise SfpromptError(f"{what}: give a comma-separated list, got {text!r}")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _names(text, "--seeds")]
+    except ValueError:
+        raise SfpromptError(f"--seeds: expected integers like 0,1,2, got {text!r}") from None
+
+
+def _compare_outputs(compare_dir, target: float | None, order: list[str] | None) -> int:
+    from sfprompt.results.compare import load_compare, write_compare
+    from sfprompt.results.plots import compare_plots
+    write_compare(compare_dir, target, order)
+    plots = compare_plots(load_compare(compare_dir), compare_dir, order)
+    print((compare_dir / "compare.md").read_text(), end="")
+    print("results:\n" + "\n".join(f"  {p}" for p in
+                                    [compare_dir / "compare.parquet", compare_dir / "compare.md", *plots]))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from sfprompt.actors.backend import make_backend
+    from sfprompt.platform.compare import run_compare
+    cfg = _config(args)
+    methods, seeds = _names(args.methods, "--methods"), _seeds(args.seeds)
+
+    def announce(i: int, n: int, run_cfg) -> None:
+        print(f"run {i + 1}/{n}: {run_cfg.train.method}, seed {run_cfg.run.seed}", flush=True)
+
+    compare_dir = run_compare(cfg, methods, seeds, on_run=announce,
+                              on_round=_progress(cfg.fed.rounds), make_backend=make_backend)
+    return _compare_outputs(compare_dir, args.target, methods)
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+    from sfprompt.results.plots import run_plots
+    from sfprompt.results.tables import ROUNDS, read_rounds
+    target = Path(args.dir)
+    if (target / ROUNDS.filename).is_file():
+        paths = run_plots(read_rounds(target), target)
+        print("plots:\n" + "\n".join(f"  {p}" for p in paths))
+        return 0
+    if not target.is_dir():
+        raise SfpromptError(f"{target}: not a run or comparison directory")
+    return _compare_outputs(target, args.target, None)
+
+
+def cmd_cost(args) -> int:
+    from sfprompt.platform.costmodel import cost_table
+    cfg = _config(args)
+    rows = cost_table(cfg, _names(args.methods, "--methods"), args.samples, args.classes)
+    print(f"{cfg.model.name} at {cfg.model.img_size} px, split {cfg.split.head_blocks}/"
+          f"{cfg.split.tail_blocks}, {cfg.prompt.length} prompts, keep {cfg.prune.keep}, "
+          f"epochs local {cfg.train.local_epochs} / split {cfg.train.split_epochs}, batch "
+          f"{cfg.train.batch_size}, {args.samples} samples, {args.classes} classes; one client, "
+          "one round (MB = 1e6 bytes)")
+    kinds = ("download", "smashed_up", "activations_down", "gradients_up", "gradients_down",
+             "upload")
+    print(f"{'method':<12}{'kept':>6}{'client GFLOP':>14}{'server GFLOP':>14}"
+          + "".join(f"{k:>18}" for k in kinds) + f"{'MB/round':>11}{'one-off MB':>12}"
+          f"{'FLOPs/fl':>10}{'bytes/fl':>10}")
+    for r in rows:
+        ratios = "".join(f"{r[k]:>10.4g}" if k in r else f"{'-':>10}"
+                         for k in ("flops.client_vs_fl", "bytes.round_vs_fl"))
+        print(f"{r['method']:<12}{r['kept_samples']:>6}{r['flops.client'] / 1e9:>14,.1f}"
+              f"{r['flops.server'] / 1e9:>14,.1f}"
+              + "".join(f"{r[f'bytes.{k}'] / MB:>18,.2f}" for k in kinds)
+              + f"{r['bytes.round'] / MB:>11,.2f}{r['bytes.head_download'] / MB:>12,.2f}{ratios}")
+    return 0
+
+
+def _add_comparison_commands(sub) -> None:
+    p = sub.add_parser("compare", help="run several methods and seeds, tabulate and plot")
+    p.add_argument("--config", "-c", help="TOML file (defaults apply to what it leaves out)")
+    p.add_argument("--methods", default=METHOD_ORDER, help=f"comma-separated (default {METHOD_ORDER})")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
+    p.add_argument("--target", type=float,
+                   help="target accuracy (default 0.8 x the best accuracy of any run)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("report", help="plots of a run directory, or table + plots of a comparison")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--target", type=float, help="target accuracy of a comparison's table")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("cost", help="bytes and FLOPs of one client's round, without compute")
+    p.add_argument("--config", "-c", help="TOML file (defaults apply to what it leaves out)")
+    p.add_argument("--samples", type=int, default=500, help="samples the client holds (500)")
+    p.add_argument("--classes", type=int, default=10, help="classes of the task (10)")
+    p.add_argument("--methods", default="sfprompt,fl,fl_prompt,sfl",
+                   help="comma-separated (default sfprompt,fl,fl_prompt,sfl)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    p.set_defaults(fn=cmd_cost)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="sfprompt", description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -84,6 +236,19 @@ def parser() -> argparse.ArgumentParser:
                        help="dotted overrides, e.g. fed.rounds=20 prune.keep=0.3")
         p.set_defaults(fn=fn)
     sub.add_parser("profiles", help="list the device and server tiers").set_defaults(fn=cmd_profiles)
+    study = sub.add_parser("study", help="Optuna studies over split, prompt, keep, ...")
+    actions = study.add_subparsers(dest="action", required=True)
+    for action, target, help_ in (("run", "FILE", "run the study file FILE"),
+                                  ("resume", "DIR", "continue the study in DIR"),
+                                  ("export", "DIR", "write the exports of the study in DIR")):
+        p = actions.add_parser(action, help=help_)
+        p.add_argument("target", metavar=target)
+        if action == "run":
+            p.add_argument("--dir", help="study directory (default runs/studies/<name>)")
+        if action != "export":
+            p.add_argument("--parallel", type=int, help="trials at once (> 1: Ray tasks)")
+        p.set_defaults(fn=cmd_study)
+    _add_comparison_commands(sub)
     return top
 
 

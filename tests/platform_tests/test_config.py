@@ -9,6 +9,7 @@ def test_defaults_are_valid_and_flat_names_are_dotted():
     assert cfg == Config()
     flat = flat_items(cfg)
     assert flat["split.head_blocks"] == 1 and flat["prune.keep"] == 0.5
+    assert flat["run.backend"] == "ray" and flat["ray.address"] == ""  # a local Ray instance
     assert all(key.count(".") == 1 for key in flat)
 
 
@@ -46,6 +47,9 @@ def test_replace_changes_dotted_keys_and_validates():
     (["prune.score=loss"], "prune.score"),
     (["fed.aggregation=median"], "fed.aggregation"),
     (["run.backend=mpi"], "run.backend"),
+    (["ray.num_client_actors=-1"], "ray.num_client_actors"),
+    (["ray.timeout_s=0"], "ray.timeout_s"),
+    (["ray.timeout_s=inf"], "ray.timeout_s"),
     (["split.local_pool=max"], "split.local_pool"),
     (["split.head_block=1"], "split.head_block"),
     (["nosuch.key=1"], "nosuch"),

@@ -1,0 +1,155 @@
+"""Driving a study: ask Optuna for points, run them, tell it the results, until the budget.
+
+The study's own process is the only one that asks and tells, so the budget is exact
+even with trials in parallel: `n_trials` finished trials (complete, pruned, failed or
+infeasible; interrupted ones are retried and do not count), and no new trial starts
+after `timeout_s` seconds of this session (running ones finish). Trials run through an
+executor: in this process one at a time, or as Ray tasks N at a time (parallel.py).
+
+    start_study(FILE)      new study directory from a study file, then run it
+    run_study(DIR)         run (or resume) the study in DIR: recovers interrupted trials
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sfprompt.platform.errors import SfpromptError
+from sfprompt.studies.spec import StudySpec, load_spec
+from sfprompt.studies.storage import (RUNS_DIR, counts_against_budget, create_study_dir,
+                                      load_study, read_study_spec, recover_interrupted,
+                                      storage_ref, study_lock)
+from sfprompt.studies.strategies import make_sampler, make_trial_pruner
+from sfprompt.studies.trial import TrialOutcome, TrialRequest, execute_trial, optuna_reporter
+
+log = logging.getLogger(__name__)
+DEFAULT_PARENT = Path("runs") / "studies"
+OnTrial = Callable[[FrozenTrial], None]
+
+_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
+
+
+class Executor(Protocol):
+    running: int  # trials submitted and not yet returned by next_done
+
+    def has_room(self) -> bool: ...
+    def submit(self, trial: optuna.Trial, request: TrialRequest) -> None: ...
+    def next_done(self) -> tuple[optuna.Trial, TrialOutcome]: ...
+
+
+class LocalExecutor:
+    """One trial at a time, in this process; a trial pruner, if any, is asked directly."""
+
+    def __init__(self, pruning: bool) -> None:
+        self.pruning = pruning
+        self._pending: tuple[optuna.Trial, TrialRequest] | None = None
+
+    @property
+    def running(self) -> int:
+        return int(self._pending is not None)
+
+    def has_room(self) -> bool:
+        return self._pending is None
+
+    def submit(self, trial: optuna.Trial, request: TrialRequest) -> None:
+        self._pending = (trial, request)
+
+    def next_done(self) -> tuple[optuna.Trial, TrialOutcome]:
+        assert self._pending is not None
+        trial, request = self._pending
+        outcome = execute_trial(request, optuna_reporter(trial) if self.pruning else None)
+        self._pending = None
+        return trial, outcome
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def start_study(spec_path: str | Path, study_dir: str | Path | None = None,
+                parallel: int | None = None, on_trial: OnTrial | None = None) -> Path:
+    """Create the study directory of the study file `spec_path` and run the study."""
+    spec = load_spec(spec_path)
+    study_dir = Path(study_dir) if study_dir else DEFAULT_PARENT / spec.name
+    create_study_dir(spec, study_dir)
+    run_study(study_dir, parallel, on_trial)
+    return study_dir
+
+
+def run_study(study_dir: str | Path, parallel: int | None = None,
+              on_trial: OnTrial | None = None) -> optuna.Study:
+    """Run the study in `study_dir` until its budget is spent; resumes where it stopped."""
+    study_dir = Path(study_dir)
+    spec = read_study_spec(study_dir)
+    if parallel is not None and parallel < 1:
+        raise SfpromptError(f"--parallel: must be >= 1, got {parallel}")
+    parallel = parallel or spec.parallel
+    with study_lock(study_dir):
+        study = load_study(spec, study_dir,
+                           sampler=make_sampler(spec.sampler, spec.sampler_options, spec.seed),
+                           pruner=make_trial_pruner(spec.trial_pruner, spec.trial_pruner_options))
+        recover_interrupted(study)
+        try:
+            with _executor(spec, study_dir, study, parallel) as executor:
+                _drive(study, spec, study_dir, executor, parallel, on_trial or (lambda t: None))
+        except KeyboardInterrupt:
+            recover_interrupted(study)  # this process is the only driver: ours are dead
+            raise
+    return study
+
+
+def _executor(spec: StudySpec, study_dir: Path, study: optuna.Study, parallel: int):
+    if parallel == 1:
+        return LocalExecutor(pruning=spec.trial_pruner != "none")
+    from sfprompt.studies.parallel import RayExecutor  # Ray only when asked for
+
+    pruning = None
+    if spec.trial_pruner != "none":  # Optuna takes intermediate reports only then
+        pruning = (storage_ref(spec, study_dir), study.study_name, spec.trial_pruner,
+                   spec.trial_pruner_options)
+    return RayExecutor(parallel, spec.cpus_per_trial, pruning)
+
+
+def _remaining(study: optuna.Study, spec: StudySpec, executor: Executor) -> int:
+    done = sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False))
+    return spec.n_trials - done - executor.running
+
+
+def _drive(study: optuna.Study, spec: StudySpec, study_dir: Path, executor: Executor,
+           parallel: int, on_trial: OnTrial) -> None:
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
+    runs_dir = str((study_dir / RUNS_DIR).resolve())
+    threads = max(1, int(spec.cpus_per_trial)) if parallel > 1 else 0
+    log.info("study %s: %d trials to go", spec.name, _remaining(study, spec, executor))
+    while True:
+        while (executor.has_room() and _remaining(study, spec, executor) > 0
+               and time.monotonic() < deadline):
+            trial = study.ask()
+            request = TrialRequest(trial.number, spec.suggest(trial), spec.fixed,
+                                   spec.objectives, runs_dir, spec.memory_fraction, threads)
+            log.info("trial %d: %s", trial.number, request.params)
+            # Known before the run: an interrupted trial still points at its partial run.
+            trial.set_user_attr("run_id", request.run_id)
+            executor.submit(trial, request)
+        if not executor.running:
+            return
+        trial, outcome = executor.next_done()
+        on_trial(_tell(study, trial, outcome))
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    if outcome.state == "complete":
+        return study.tell(trial, outcome.values)
+    return study.tell(trial, state=_STATES[outcome.state])

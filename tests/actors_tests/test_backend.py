@@ -1,0 +1,125 @@
+"""The Ray backend against the in-process reference, on one local Ray instance (2 CPUs)."""
+
+import time
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from sfprompt.actors.backend import RayBackend, make_backend, pool_shape, server_options
+from sfprompt.actors.clients import get_within
+from sfprompt.platform.config import RayConfig, load_config
+from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.experiment import run_experiment
+from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
+from sfprompt.results.tables import read_clients, read_rounds
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns
+            if c in ("round", "accuracy", "loss", "train_loss", "participants", "kept_samples")
+            or c.split(".")[0] in ("bytes", "flops", "sim")]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, tiny):
+    backends, actors = [], []
+
+    def factory(world):
+        backends.append(make_backend(world))
+        if isinstance(backends[-1], RayBackend):
+            actors.extend(backends[-1].pool.actors + [backends[-1].server])
+        return backends[-1]
+
+    dirs = {}
+    # Two client actors sharing the one CPU the server leaves, so that server requests
+    # from different clients really interleave.
+    for name, backend in (("local", "local"), ("ray1", "ray"), ("ray2", "ray")):
+        cfg = load_config(None, tiny + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
+                                        f"run.backend={backend}", "ray.num_client_actors=2",
+                                        "run.threads=1"])
+        dirs[name] = run_experiment(cfg, make_backend=factory)
+    local, reference = read_rounds(dirs["local"]), read_clients(dirs["local"])
+    columns, client_columns = metric_columns(local), metric_columns(reference)
+    assert {"accuracy", "train_loss", "bytes.smashed_up", "flops.server",
+            "sim.round_seconds"} <= set(columns)
+    assert (local["flops.server"] > 0).all() and (local["bytes.gradients_down"] > 0).all()
+    for name in ("ray1", "ray2"):
+        pd.testing.assert_frame_equal(read_rounds(dirs[name])[columns], local[columns],
+                                      check_exact=True)
+        pd.testing.assert_frame_equal(read_clients(dirs[name])[client_columns],
+                                      reference[client_columns], check_exact=True)
+
+    assert isinstance(backends[0], LocalBackend)
+    ray_backend = backends[1]
+    assert isinstance(ray_backend, RayBackend)
+    seconds = ray_backend.seconds  # where the time went, summed over the rounds
+    assert seconds["client_round"] > seconds["server_wait"] >= seconds["server_busy"] > 0
+    # run_experiment closed the backends: their actors are gone, the fixture's Ray is not.
+    assert len(actors) == 6 and ray.is_initialized()
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.placement.remote(), timeout=30)
+
+
+@pytest.mark.parametrize("method", ["sfl", "fl"])
+def test_other_methods_equal_the_local_reference(ray_instance, tiny, method):
+    # sfl trains the server's body (order-dependent: clients run one at a time, and
+    # evaluation needs the server's body); fl has the whole model on the client and no
+    # server actor at all.
+    cfg = load_config(None, tiny + [f"train.method={method}", "run.threads=1", "fed.rounds=1",
+                                    "fed.clients_per_round=3"])
+    torch.set_num_threads(1)
+    world = build_world(cfg)
+    local = pd.DataFrame([row for row, _ in run_rounds(world, LocalBackend(world))])
+    world = build_world(cfg)
+    backend = RayBackend(world)
+    try:
+        remote = pd.DataFrame([row for row, _ in run_rounds(world, backend)])
+    finally:
+        backend.close()
+    pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
+                                  local.drop(columns="wall_seconds"), check_exact=True)
+    assert (remote["flops.server"] > 0).all() == (method == "sfl")
+    assert (backend.server_placement is None) == (method == "fl")
+
+
+def test_resources_of_server_and_pool(ray_instance):
+    assert server_options(RayConfig()) == {"num_cpus": 1}  # no GPU on this instance
+    with pytest.raises(ConfigError, match=r"^ray\.server_resource: no node has resource 'tpu9'"):
+        server_options(RayConfig(server_resource="tpu9"))
+    deadline = time.monotonic() + 30  # actors killed by earlier tests release their CPUs
+    while ray.available_resources().get("CPU", 0.0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources()["CPU"] == 2
+    assert pool_shape(RayConfig(), 1) == (1, 1.0)
+    assert pool_shape(RayConfig(), 0) == (2, 1.0)
+    assert pool_shape(RayConfig(num_client_actors=4), 1) == (4, 0.25)  # 4 share 1 free CPU
+    assert pool_shape(RayConfig(num_client_actors=1), 1) == (1, 1.0)
+
+
+def test_remote_calls_time_out_with_a_one_line_error(ray_instance):
+    @ray.remote
+    def slow():
+        time.sleep(30)
+
+    ref = slow.remote()
+    with pytest.raises(SfpromptError,
+                       match=r"^ray\.timeout_s: the test call took longer than 0.2 s$"):
+        get_within(ref, 0.2, "the test call")
+    ray.cancel(ref, force=True)
+
+
+def test_ray_backend_needs_the_factory_from_actors(tmp_path, tiny):
+    cfg = load_config(None, tiny + [f"run.out_dir={tmp_path}"])
+    assert cfg.run.backend == "ray"  # the default
+    with pytest.raises(ConfigError, match=r"^run\.backend: 'ray' needs make_backend="):
+        run_experiment(cfg)
+    assert not any(tmp_path.iterdir())  # refused before a run directory exists

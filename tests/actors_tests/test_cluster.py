@@ -1,0 +1,49 @@
+"""Two Ray nodes on this machine: the server actor goes where the server resource is,
+client actors where CPUs are, and every actor runs torch with the coordinator's threads."""
+
+import json
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from sfprompt.actors.backend import make_backend
+from sfprompt.platform.config import load_config
+from sfprompt.platform.experiment import run_experiment
+from sfprompt.results.tables import read_rounds
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node with 2 CPUs and a second node with 1 CPU and the resource
+    "server_gpu", standing for a GPU machine."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    gpu_node = cluster.add_node(num_cpus=1, resources={"server_gpu": 1})
+    cluster.wait_for_nodes()
+    yield cluster, gpu_node
+    cluster.shutdown()
+
+
+def test_server_lands_on_the_resource_node_and_clients_on_cpu_nodes(cluster, tmp_path, tiny):
+    cluster, gpu_node = cluster
+    backends = []
+
+    def factory(world):
+        backends.append(make_backend(world))
+        return backends[-1]
+
+    # Two torch threads: Ray workers default to one, and float results depend on the
+    # count, so every actor must take the coordinator's (run.threads here).
+    cfg = load_config(None, tiny + ["fed.rounds=1", "run.threads=2", f"run.out_dir={tmp_path}",
+                                    f"ray.address={cluster.address}",
+                                    "ray.server_resource=server_gpu"])
+    run_dir = run_experiment(cfg, make_backend=factory)
+    backend = backends[0]
+    assert backend.server_placement == {"node": gpu_node.node_id, "threads": 2, "device": "cpu"}
+    # 3 CPUs, 1 taken by the server: two client actors, both on the head, the only node
+    # with CPUs left.
+    head = {"node": cluster.head_node.node_id, "threads": 2, "device": "cpu"}
+    assert backend.client_placements == [head, head]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert len(read_rounds(run_dir)) == 1 and read_rounds(run_dir)["flops.server"][0] > 0
+    assert not ray.is_initialized()  # the backend joined the cluster, so it left it

@@ -1,0 +1,159 @@
+"""Every registered method: what trains and where, what crosses the network in a round,
+and the equivalences that follow from the maths (SplitFed = FedAvg for one client;
+centralized = federated VPT for one client holding everything, minus the traffic)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tinyvit import tiny_vit
+from sfprompt.platform.accounting import nbytes
+from sfprompt.platform.client import ClientTask, Device
+from sfprompt.platform.config import load_config
+from sfprompt.platform.methods import METHODS, prompt_length, set_trainable, world_config
+from sfprompt.platform.rounds import build_split, build_world
+from sfprompt.platform.server import BodyServer
+from sfprompt.platform.split import split_vit
+
+CUT = {"smashed_up", "activations_down", "gradients_up", "gradients_down"}
+# Written out by hand from DESIGN.md section 1, not derived from the registry:
+# which client parameters train, where the body is and whether it trains, prompts or
+# not, and the traffic kinds of a client's first round.
+EXPECTED = {
+    "sfprompt": dict(trains=lambda n: n == "head.prompts" or n.startswith("tail."),
+                     body="server", body_trains=False, prompts=True,
+                     kinds={"head_download", "download", "upload"} | CUT),
+    "sfl": dict(trains=lambda n: n.startswith(("head.", "tail.")),
+                body="server", body_trains=True, prompts=False,
+                kinds={"download", "upload"} | CUT),
+    "fl": dict(trains=lambda n: True, body="client", body_trains=True, prompts=False,
+               kinds={"download", "upload"}),
+    "fl_prompt": dict(trains=lambda n: n in ("head.prompts", "tail.head.weight", "tail.head.bias"),
+                      body="client", body_trains=False, prompts=True,
+                      kinds={"head_download", "download", "upload"}),
+    "centralized": dict(trains=lambda n: n in ("head.prompts", "tail.head.weight", "tail.head.bias"),
+                        body="client", body_trains=False, prompts=True, kinds=set()),
+}
+TINY_CFG = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=16",
+            "data.name=digits", "data.max_samples=60", "prompt.length=2", "fed.num_clients=3",
+            "fed.clients_per_round=3", "run.backend=local", "train.batch_size=4"]
+
+
+def _cfg(method, *extra):
+    return load_config(None, TINY_CFG + [f"train.method={method}", *extra])
+
+
+def test_every_method_has_expectations():
+    assert set(METHODS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trainable_set_and_placement(method):
+    want = EXPECTED[method]
+    split, _ = build_split(_cfg(method), num_classes=10)
+    client = dict(split.client().named_parameters())
+    assert any(n.startswith("body.") for n in client) == (want["body"] == "client")
+    assert ("head.prompts" in client) == want["prompts"]
+    assert {n for n, p in client.items() if p.requires_grad} == {n for n in client if want["trains"](n)}
+    assert all(p.requires_grad == want["body_trains"] for p in split.body.parameters())
+    assert prompt_length(_cfg(method)) == (2 if want["prompts"] else 0)
+
+
+def _device_and_task(method, seed=0, n=10):
+    split = split_vit(tiny_vit(seed=seed), 1, 1, prompt_length=2 if METHODS[method].prompts else 0)
+    set_trainable(split, METHODS[method])
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 5, (n,), generator=gen)
+    device = Device(split, images, labels, img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    task = ClientTask(client=0, round=1, indices=np.arange(n), seed=3, first_visit=True)
+    # The server steps the body at the rate the backends give it: the pretrained one.
+    server = BodyServer(split.body, trains=METHODS[method].server_trains,
+                        lr=_cfg(method).train.pretrained_lr)
+    return split, device, task, server
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_one_round_sends_the_expected_traffic_and_trains_only_its_set(method):
+    want = EXPECTED[method]
+    cfg = _cfg(method, "prune.keep=0.5")
+    split, device, task, server = _device_and_task(method)
+    global_state = {k: v.clone() for k, v in device.state().items()}
+    frozen = device.frozen_state()
+    client_before = {n: p.clone() for n, p in split.client().named_parameters()}
+    body_before = [p.clone() for p in split.body.parameters()]
+
+    result = METHODS[method].client_round(cfg, device, task, global_state, server)
+
+    assert {k for k, v in result.bytes.items() if v} == want["kinds"]
+    if "download" in want["kinds"]:
+        assert result.bytes["download"] == result.bytes["upload"] == nbytes(global_state)
+    if "head_download" in want["kinds"]:
+        assert result.bytes["head_download"] == nbytes(frozen) > 0
+    if method == "fl":  # the whole model travels both ways
+        whole = sum(p.numel() * 4 for p in tiny_vit().parameters())
+        assert result.bytes["download"] == whole
+    assert result.state.keys() == global_state.keys()
+    for n, p in split.client().named_parameters():
+        assert (not torch.equal(client_before[n], p)) == p.requires_grad, n
+    body_changed = any(not torch.equal(a, b) for a, b in zip(body_before, split.body.parameters()))
+    assert body_changed == want["body_trains"]
+    assert result.client_flops > 0
+    assert (server.take_flops(task.client) > 0) == (want["body"] == "server")
+    assert result.num_kept == (5 if method == "sfprompt" else 10)
+    assert np.isfinite(result.train_loss)
+
+
+def test_splitfed_with_one_client_equals_fedavg_full_finetuning():
+    # Split training is the same computation cut in two, and Adam is per parameter, so
+    # head and tail stepped on the client and the body stepped on the server end where
+    # one optimizer over the whole model ends.
+    cfg_sfl, cfg_fl = _cfg("sfl", "train.split_epochs=2"), _cfg("fl", "train.split_epochs=2")
+    split_s, device_s, task, server = _device_and_task("sfl")
+    split_f, device_f, _, _ = _device_and_task("fl")
+    sfl = METHODS["sfl"].client_round(cfg_sfl, device_s, task, device_s.state(), server)
+    fl = METHODS["fl"].client_round(cfg_fl, device_f, task, device_f.state(), None)
+    assert set(fl.state) == set(sfl.state) | {f"body.{n}" for n, _ in split_s.body.named_parameters()}
+    for name, value in sfl.state.items():
+        torch.testing.assert_close(value, fl.state[name], rtol=1e-4, atol=1e-5)
+    for name, value in split_s.body.named_parameters():
+        torch.testing.assert_close(value, fl.state[f"body.{name}"], rtol=1e-4, atol=1e-5)
+    assert sfl.bytes["smashed_up"] > 0 and set(fl.bytes) == {"download", "upload"}
+
+
+def test_centralized_trains_like_federated_vpt_and_sends_nothing():
+    cfg_c, cfg_p = _cfg("centralized"), _cfg("fl_prompt")
+    _, device_c, task, _ = _device_and_task("centralized")
+    _, device_p, _, _ = _device_and_task("fl_prompt")
+    central = METHODS["centralized"].client_round(cfg_c, device_c, task, device_c.state(), None)
+    vpt = METHODS["fl_prompt"].client_round(cfg_p, device_p, task, device_p.state(), None)
+    assert central.bytes == {} and central.messages == {}
+    assert vpt.bytes["upload"] > 0
+    for name, value in central.state.items():
+        torch.testing.assert_close(value, vpt.state[name])
+    # What it returns is a copy: training the device further must not change it.
+    before = {k: v.clone() for k, v in central.state.items()}
+    with torch.no_grad():
+        device_c.split.head.prompts.add_(1.0)
+    assert all(torch.equal(before[k], central.state[k]) for k in before)
+
+
+def test_centralized_world_is_one_client_holding_all_training_data():
+    cfg = _cfg("centralized", "fed.partition=dirichlet", "fed.protocol=deadline")
+    assert world_config(_cfg("fl")) == _cfg("fl")
+    world = build_world(cfg)
+    assert (world.cfg.fed.num_clients, world.cfg.fed.clients_per_round) == (1, 1)
+    assert world.cfg.fed.protocol == "wait_all" and len(world.profiles) == 1
+    assert len(world.shards) == 1
+    assert sorted(world.shards[0]) == list(range(len(world.data.train_labels)))
+
+
+def test_the_body_moves_to_the_client_only_for_unsplit_methods():
+    split = split_vit(tiny_vit(), 1, 1, prompt_length=2)
+    names = {}
+    for method in ("fl_prompt", "sfprompt"):
+        set_trainable(split, METHODS[method])
+        names[method] = {n for n, _ in split.client().named_parameters()}
+    body = {f"body.{n}" for n, _ in split.body.named_parameters()}
+    assert names["fl_prompt"] - names["sfprompt"] == body
+    assert names["sfprompt"] <= names["fl_prompt"]

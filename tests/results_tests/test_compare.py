@@ -1,0 +1,114 @@
+"""The comparison table by hand on synthetic rounds, then `sfprompt compare` / `report`
+end to end on a tiny config."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from sfprompt.cli import main
+from sfprompt.platform.compare import compare_configs, run_compare
+from sfprompt.platform.config import load_config
+from sfprompt.platform.errors import ConfigError
+from sfprompt.results.compare import load_compare, summarise, to_markdown
+from sfprompt.results.tables import read_rounds
+
+
+def _rounds(method, seed, accuracy, up, down, flops, head=0):
+    """A run's rounds.parquet rows: `up`/`down` bytes and client FLOPs per round; the
+    first round also downloads `head` bytes once."""
+    rows = []
+    for i, acc in enumerate(accuracy):
+        rows.append({"train.method": method, "run.seed": seed, "round": i + 1, "accuracy": acc,
+                     "bytes.up": up, "bytes.down": down + (head if i == 0 else 0),
+                     "bytes.upload": up, "bytes.download": down,
+                     "bytes.head_download": head if i == 0 else 0,
+                     "flops.client": flops, "flops.server": 0, "sim.elapsed_seconds": 10.0 * (i + 1)})
+    return rows
+
+
+SYNTHETIC = pd.DataFrame(
+    _rounds("fl", 0, [0.2, 0.6, 0.8], 100, 100, 1000)
+    + _rounds("fl", 1, [0.4, 0.8, 0.7], 100, 100, 1000)
+    + _rounds("sfprompt", 0, [0.1, 0.3, 0.5], 10, 20, 10, head=70)
+    + _rounds("sfprompt", 1, [0.1, 0.2, 0.3], 10, 20, 10, head=70))
+
+
+def test_table_by_hand():
+    table = summarise(SYNTHETIC, target=0.5, order=["fl", "sfprompt"]).set_index("method")
+    fl, sf = table.loc["fl"], table.loc["sfprompt"]
+    assert fl["accuracy.final.mean"] == pytest.approx(0.75)
+    assert fl["accuracy.final.std"] == pytest.approx(math.sqrt(2) * 0.05)
+    assert fl["accuracy.best.mean"] == pytest.approx(0.8)
+    # fl reaches 0.5 at round 2 (seed 0) and round 2 (seed 1): 2 x 200 bytes by then.
+    assert (fl["rounds.to_target.mean"], fl["bytes.to_target.mean"]) == (2, 400)
+    # sfprompt: seed 0 at round 3 (70 + 3 x 30 bytes), seed 1 never.
+    assert sf["target.reached"] == 1 and sf["rounds.to_target.mean"] == 3
+    assert sf["bytes.to_target.mean"] == 160 and math.isnan(sf["rounds.to_target.std"])
+    assert sf["sim.to_target.mean"] == 30
+    assert sf["bytes.round.mean"] == 30 and sf["bytes.total.mean"] == 160
+    assert sf["bytes.head_download.total.mean"] == 70
+    assert sf["bytes.total_vs_fl"] == pytest.approx(160 / 600)
+    assert sf["flops.client.total_vs_fl"] == pytest.approx(0.01)
+    assert fl["bytes.total_vs_fl"] == 1.0
+    md = to_markdown(summarise(SYNTHETIC, target=0.5, order=["fl", "sfprompt"]))
+    assert "| sfprompt | 2 | 0.400 ± 0.141 | 0.400 ± 0.141 | 3.0 (1/2) |" in md
+    assert "0.2667x" in md and md.startswith("Target accuracy 0.5000")
+
+
+def test_default_target_is_a_fraction_of_the_best_run():
+    table = summarise(SYNTHETIC)
+    assert table["target"].iloc[0] == pytest.approx(0.8 * 0.8)
+    assert "flops.client.total_vs_fl" in table.columns
+    assert "flops.client.total_vs_fl" not in summarise(SYNTHETIC[SYNTHETIC["train.method"] != "fl"])
+
+
+TINY = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=16",
+        "data.name=digits", "data.max_samples=40", "prompt.length=2", "fed.num_clients=2",
+        "fed.clients_per_round=2", "fed.rounds=1", "run.backend=local", "run.threads=1",
+        "train.batch_size=8"]
+
+
+def test_bad_methods_fail_before_anything_runs(tmp_path):
+    cfg = load_config(None, TINY + [f"run.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="train.method"):
+        run_compare(cfg, ["sfprompt", "nope"], [0])
+    with pytest.raises(ConfigError, match="--seeds"):
+        compare_configs(cfg, ["fl"], [0, 0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_and_report_end_to_end(tmp_path, capsys):
+    # One seed keeps it fast; means and deviations over seeds are checked by hand above.
+    code = main(["compare", "--methods", "sfprompt,fl,centralized", "--seeds", "3",
+                 *TINY, f"run.out_dir={tmp_path}", "run.run_id=cmp"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "run 3/3: centralized, seed 3" in out and "| centralized | 1 |" in out
+    compare_dir = tmp_path / "cmp"
+    runs = sorted(p.name for p in compare_dir.iterdir() if p.is_dir())
+    assert runs == ["centralized-seed3", "fl-seed3", "sfprompt-seed3"]
+    for name in ("compare.parquet", "compare.md", "accuracy_vs_round.png",
+                 "accuracy_vs_bytes.png", "accuracy_vs_time.png", "config.toml"):
+        assert (compare_dir / name).stat().st_size > 0, name
+    table = pd.read_parquet(compare_dir / "compare.parquet").set_index("method")
+    assert list(table.index) == ["sfprompt", "fl", "centralized"]
+    # The table's totals are the runs' own totals.
+    fl = read_rounds(compare_dir / "fl-seed3")
+    assert set(fl["run.seed"]) == {3}
+    assert table.loc["fl", "bytes.total.mean"] == (fl["bytes.up"] + fl["bytes.down"]).sum()
+    assert table.loc["fl", "accuracy.final.mean"] == fl["accuracy"].iloc[-1]
+    assert table.loc["centralized", "bytes.total.mean"] == 0
+    assert table.loc["fl", "flops.client.total_vs_fl"] == 1.0
+    rounds = load_compare(compare_dir)
+    # Centralized ran as one client holding the whole training set.
+    central = rounds[rounds["train.method"] == "centralized"]
+    assert set(central["fed.num_clients"]) == {1} and set(central["sampled"]) == {1}
+    assert set(central["samples"]) == {int(fl["samples"].iloc[0])}
+
+    assert main(["report", str(compare_dir / "fl-seed3")]) == 0
+    for name in ("accuracy.png", "traffic.png", "cost.png"):
+        assert (compare_dir / "fl-seed3" / name).stat().st_size > 0
+    assert main(["report", str(compare_dir), "--target", "0.05"]) == 0
+    assert "Target accuracy 0.0500" in (compare_dir / "compare.md").read_text()
+    assert main(["report", str(tmp_path / "missing")]) == 2

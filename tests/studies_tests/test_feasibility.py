@@ -1,0 +1,61 @@
+"""Feasibility: the client footprint is measured, and a split that does not fit fails."""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from sfprompt.platform.config import Config, replace
+from sfprompt.platform.methods import METHODS, set_trainable
+from sfprompt.platform.split import split_vit
+from sfprompt.platform.weights import create_vit
+from sfprompt.studies.feasibility import (Infeasible, check_memory, client_memory_bytes,
+                                          saved_activation_bytes)
+
+TINY = {"model.name": "vit_tiny_patch16_224", "model.weights": "random", "model.img_size": 32}
+
+
+def test_saved_activations_of_a_hand_computed_graph():
+    # relu(x W^T + b) with only W trainable keeps x (for W's gradient, 5x4 floats) and
+    # the relu output (5x3 floats); W itself is a parameter and left out.
+    lin = nn.Linear(4, 3)
+    lin.bias.requires_grad_(False)
+    x = torch.randn(5, 4)
+    assert saved_activation_bytes(lambda: torch.relu(lin(x)), exclude=lin.parameters()) == \
+        (5 * 4 + 5 * 3) * 4
+    # Views of one tensor share a storage and count once.
+    w = torch.randn(6, requires_grad=True)
+    assert saved_activation_bytes(lambda: (w.view(2, 3) * w.view(3, 2).t()).sum()) == 6 * 4
+
+
+def test_parameters_match_a_real_split_and_activations_scale_with_the_batch():
+    cfg = replace(Config(), **TINY, **{"split.head_blocks": 2, "split.tail_blocks": 1})
+    vit = create_vit(cfg.model.name, num_classes=1000, img_size=32, weights="random")
+    split = split_vit(vit, 2, 1, cfg.prompt.length)
+    set_trainable(split, METHODS["sfprompt"])
+    params = list(split.client().parameters())
+    measured = client_memory_bytes(cfg)
+    assert measured["parameters"] == sum(p.numel() * 4 for p in params)
+    assert measured["optimizer"] == 3 * sum(p.numel() * 4 for p in params if p.requires_grad)
+    double = client_memory_bytes(replace(cfg, **{"train.batch_size": 2 * cfg.train.batch_size}))
+    assert double["activations"] == 2 * measured["activations"]
+    deeper = client_memory_bytes(replace(cfg, **{"split.head_blocks": 4}))
+    assert deeper["activations"] > measured["activations"]
+
+
+def test_a_split_too_big_for_the_smallest_client_is_infeasible(tmp_path):
+    trace = tmp_path / "fleet.csv"
+    rows = [dict(flops_per_s=1e10, uplink_bps=1e7, downlink_bps=1e7, latency_s=0.01,
+                 jitter_s=0.0, availability=1.0, memory_bytes=m) for m in (2**34, 2**20)]
+    pd.DataFrame(rows).to_csv(trace, index=False)
+    cfg = replace(Config(), **TINY, **{"fed.num_clients": 2, "fed.clients_per_round": 2,
+                                       "profiles.source": "trace", "profiles.trace": str(trace)})
+    need = sum(client_memory_bytes(cfg).values())
+    assert 2**20 < need < 2**34
+    with pytest.raises(Infeasible, match=r"client 1 \(trace\) may use 1\.0 MiB"):
+        check_memory(cfg, 1.0)
+    check_memory(cfg, 0.0)  # 0 turns the check off
+
+
+def test_the_default_fleet_holds_the_default_split():
+    check_memory(Config(), 1.0)

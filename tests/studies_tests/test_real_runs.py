@@ -1,0 +1,48 @@
+"""Studies of real (tiny) runs: in this process, and two at a time on Ray."""
+
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from sfprompt.results.tables import read_rounds
+from sfprompt.studies.export import export_study
+from sfprompt.studies.runner import start_study
+from sfprompt.studies.storage import load_study, read_study_spec
+
+pytestmark = pytest.mark.slow  # real training: ~10-30 s per trial on a loaded 2-core CPU
+
+ONE_ROUND = {"fed.rounds": 1, "data.max_samples": 100}
+
+
+def test_objectives_match_the_trials_run_directories(write_study, tables, tmp_path):
+    path = write_study(fixed={**tables()["fixed"], **ONE_ROUND}, budget={"n_trials": 2})
+    study_dir = start_study(path, tmp_path / "s")
+    export_study(study_dir)
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert list(trials["state"]) == ["complete", "complete"]
+    for _, trial in trials.iterrows():
+        rounds = read_rounds(study_dir / "runs" / trial["run_id"])
+        assert trial["accuracy"] == rounds["accuracy"].iloc[-1]
+        assert trial["bytes.total"] == (rounds["bytes.up"] + rounds["bytes.down"]).sum()
+        assert rounds["split.head_blocks"].iloc[0] == trial["split.head_blocks"]
+        assert rounds["run.backend"].iloc[0] == "local"
+
+
+def test_two_trials_at_once_on_ray_report_to_the_pruner(write_study, tables, tmp_path):
+    # Single objective with a trial pruner that never fires (startup > budget): the Ray
+    # workers must still report every round to the shared storage.
+    path = write_study(fixed={**tables()["fixed"], "fed.rounds": 2, "data.max_samples": 100},
+                       objectives=[{"metric": "accuracy", "direction": "maximize"}],
+                       trial_pruner={"name": "median", "n_startup_trials": 10},
+                       budget={"n_trials": 2}, parallel={"trials": 2, "cpus_per_trial": 1})
+    study_dir = start_study(path, tmp_path / "s")
+    first, second = load_study(read_study_spec(study_dir), study_dir).trials
+    assert first.state == second.state == TrialState.COMPLETE
+    assert sorted(first.intermediate_values) == sorted(second.intermediate_values) == [1, 2]
+    # They ran side by side: each started before the other finished.
+    assert first.datetime_start < second.datetime_complete
+    assert second.datetime_start < first.datetime_complete
+    for t in (first, second):
+        rounds = read_rounds(study_dir / "runs" / t.user_attrs["run_id"])
+        assert t.value == rounds["accuracy"].iloc[-1]
+        assert rounds["run.threads"].iloc[0] == 1
