@@ -146,6 +146,10 @@ def progressed(study_dir: Path) -> bool:
     return states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states
 
 
+# Slow: it polls a live study for the moment "2 done, 1 running"; on a loaded 2-core
+# machine the study can finish between two polls (seen once in CI-like conditions), so it
+# stays out of the default run until the child can be paused at that point on purpose.
+@pytest.mark.slow
 def test_resume_after_sigkill_loses_and_repeats_nothing(fake_runs, write_study, tmp_path):
     path = write_study(budget={"n_trials": 4})
     study_dir = tmp_path / "s"
@@ -164,7 +168,8 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(fake_runs, write_study, 
         else:
             pytest.fail(f"study did not progress: {proc.stderr.read() if proc.poll() else ''}")
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     spec = read_study_spec(study_dir)
     before = {t.number: t for t in load_study(spec, study_dir).trials}
