@@ -7,12 +7,16 @@ actor, and `BodyServer` runs one request at a time (platform/server.py says why)
 the other threads receive and deserialize theirs. Tensors arrive and leave on the CPU;
 the body runs on `cuda` when the actor was given a GPU.
 
-Batching concurrent forward requests into one body call is not done. Measured on the
-2-core CPU host (ViT-S/14 body at 56 px, 4 requests of 32): 4 separate calls 3.63 s,
-one call of 128 3.31 s at 1 thread (2.01 s vs 1.80 s at 2 threads), about 10 %; but
-there requests only coincide with two or more client actors, and the automatic pool on
-that host has one, so a batching window would only add latency. On a GPU with many
-client actors it would pay; that is where to add it.
+Batching concurrent requests into one body call is not done: it does not pay on a CPU.
+benchmarks/server_batching.py (forward + input-gradient backward, 4 requests of 32,
+DINOv2 ViT-S/14 body at 56 px, 1 thread, 2-core host): one by one 4.67 s, batched
+4.77 s; 2 requests 2.38 s vs 2.35 s; vit_tiny at 32 px 0.71 s vs 0.72 s (results are
+bit-identical either way). At 2 threads on the busy shared host batching was 2.3x
+faster, but only because fewer, larger parallel regions suffer less from cores taken
+by other processes. And requests only coincide with two or more client actors, while
+the automatic pool on a 2-core host has one. On a GPU serving many client actors
+batching would pay; that is where to add it (gather requests for a few ms, one body
+call, split the outputs and the FLOP count by rows).
 """
 
 from __future__ import annotations

@@ -39,11 +39,8 @@ ACTIVATION_KINDS = ("smashed_up", "activations_down")
 GRADIENT_KINDS = ("gradients_up", "gradients_down")
 
 
-def register_codec(name: str) -> Callable[[Codec], Codec]:
-    def add(codec: Codec) -> Codec:
-        CODECS[name] = codec
-        return codec
-    return add
+def register_codec(name: str, codec: Codec) -> None:
+    CODECS[name] = codec
 
 
 def _cast(dtype: torch.dtype | None) -> Codec:
@@ -53,9 +50,9 @@ def _cast(dtype: torch.dtype | None) -> Codec:
                  decode=lambda wire, dtype_out: wire["values"].to(dtype_out))
 
 
-register_codec("none")(_cast(None))
-register_codec("fp16")(_cast(torch.float16))
-register_codec("bf16")(_cast(torch.bfloat16))
+register_codec("none", _cast(None))
+register_codec("fp16", _cast(torch.float16))
+register_codec("bf16", _cast(torch.bfloat16))
 
 
 def _int8_encode(t: torch.Tensor) -> Wire:
@@ -69,7 +66,7 @@ def _int8_decode(wire: Wire, dtype: torch.dtype) -> torch.Tensor:
     return (wire["values"].float() * wire["scales"].unsqueeze(-1)).to(dtype)  # (..., D)
 
 
-register_codec("int8")(Codec(_int8_encode, _int8_decode))
+register_codec("int8", Codec(_int8_encode, _int8_decode))
 
 
 def cut_codecs(cfg: CompressConfig) -> dict[str, Codec]:

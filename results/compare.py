@@ -20,6 +20,8 @@ gives none).
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +37,27 @@ TARGET_FRACTION = 0.8  # default target: this fraction of the best accuracy of a
 RATIO_METRICS = ("flops.client.round", "flops.client.total", "bytes.round", "bytes.total")
 MB, GFLOP = 1e6, 1e9
 
+log = logging.getLogger(__name__)
+
+
+def _completed(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
 
 def load_compare(compare_dir: str | Path) -> pd.DataFrame:
-    """All rounds of all runs in `compare_dir` (one run per subdirectory), in one frame."""
+    """All rounds of the completed runs in `compare_dir` (one run per subdirectory), in
+    one frame. A run still going, failed or interrupted would compare fewer rounds, so
+    it is left out with a warning."""
     runs = sorted(p for p in Path(compare_dir).iterdir() if (p / ROUNDS.filename).is_file())
+    for p in runs:
+        if not _completed(p):
+            log.warning("%s: not completed (run.json), left out of the comparison", p)
+    runs = [p for p in runs if _completed(p)]
     if not runs:
-        raise SfpromptError(f"{compare_dir}: no run directories with {ROUNDS.filename}")
+        raise SfpromptError(f"{compare_dir}: no completed run directories with {ROUNDS.filename}")
     frames = [read_rounds(p).assign(run_dir=p.name) for p in runs]
     for p, frame in zip(runs, frames):
         for column in ("train.method", "run.seed"):
@@ -131,7 +148,8 @@ def to_markdown(table: pd.DataFrame) -> str:
              "'rounds/MB to target' over the seeds that reach it.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        m = lambda k, scale=1.0, digits=3: _pm(r[f"{k}.mean"], r[f"{k}.std"], scale, digits)  # noqa: E731
+        def m(metric: str, scale: float = 1.0, digits: int = 3, r=r) -> str:
+            return _pm(r[f"{metric}.mean"], r[f"{metric}.std"], scale, digits)
         cells = [r["method"], str(r["runs"]), m("accuracy.final"), m("accuracy.best"),
                  f"{m('rounds.to_target', digits=1)} ({r['target.reached']}/{r['runs']})",
                  m("bytes.to_target", MB, 1), m("flops.client.round", GFLOP, 1),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from sfprompt.results.atomic import atomic_open
 
@@ -50,14 +50,15 @@ def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
         silent = []
-        for method in methods:
+        for i, method in enumerate(methods):  # colour by position: the same in every plot
             m = mean[mean["train.method"] == method]
             if log and not (m[x] > 0).any():
                 silent.append(method)  # nothing to place on a log axis (no traffic)
                 continue
-            ax.plot(m[x], m["accuracy"], marker="o", markersize=3, label=method)
+            ax.plot(m[x], m["accuracy"], marker="o", markersize=3, label=method, color=f"C{i}")
         if log:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels would overlap
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel=label, ylabel="test accuracy (mean over seeds)")

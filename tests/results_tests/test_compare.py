@@ -1,7 +1,9 @@
 """The comparison table by hand on synthetic rounds, then `sfprompt compare` / `report`
 end to end on a tiny config."""
 
+import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -105,6 +107,12 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     central = rounds[rounds["train.method"] == "centralized"]
     assert set(central["fed.num_clients"]) == {1} and set(central["sampled"]) == {1}
     assert set(central["samples"]) == {int(fl["samples"].iloc[0])}
+
+    # A run that did not complete (still running, failed) is left out of the table.
+    shutil.copytree(compare_dir / "fl-seed3", compare_dir / "fl-seed9")
+    info = json.loads((compare_dir / "fl-seed9" / "run.json").read_text())
+    (compare_dir / "fl-seed9" / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    assert len(load_compare(compare_dir)) == len(rounds)
 
     assert main(["report", str(compare_dir / "fl-seed3")]) == 0
     for name in ("accuracy.png", "traffic.png", "cost.png"):
