@@ -16,6 +16,16 @@ with the coordinator's thread count (float results change with it), so the resul
 equal the local backend's bit for bit. A method whose body trains is order-dependent,
 so its clients then run one at a time, in client order, as in the reference.
 
+Faults. A client actor that dies takes only the client it was running with it (that
+client is "failed"; clients.py replaces the actor). The server actor restarts (Ray's
+`max_restarts`, up to SERVER_RESTARTS times) and the client work it took with it runs
+again: only the clients that lost it when the server is stateless (sfprompt); every
+client of the round, from the body and optimizer the round started with (the
+coordinator's copy, fetched after every round for evaluation and checkpoints), when
+the body trains (sfl), since the lost steps cannot be replayed in part. Every wait has
+the `ray.timeout_s` limit, and a run that cannot go on (Ray unreachable, the server
+beyond its restarts, every client actor dying) stops with a one-line error.
+
 `make_backend(world)` is the factory `run_experiment` takes: it lives here, not in
 `platform`, so that `platform` never imports Ray.
 """
@@ -24,17 +34,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 import uuid
 from collections import Counter
 
 import ray
 import torch
+from ray.exceptions import ActorUnavailableError, RayActorError
 
-from sfprompt.actors.clients import ClientPool, get_within
+from sfprompt.actors.clients import ClientPool, PoolRun, get_within
 from sfprompt.actors.server import ServerActor
 from sfprompt.platform.client import ClientResult, ClientTask, State
 from sfprompt.platform.config import RayConfig
-from sfprompt.platform.errors import ConfigError
+from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.methods import METHODS
 from sfprompt.platform.rounds import Backend, LocalBackend, World
 
@@ -42,6 +55,11 @@ log = logging.getLogger(__name__)
 
 # Client rounds out per client actor: one running, one queued behind it (ClientPool.run).
 QUEUE_DEPTH = 2
+# Restarts of the server actor per run (and server losses retried per round) before
+# the run gives up: a server that keeps dying is a problem to report, not to hide.
+SERVER_RESTARTS = 3
+# Seconds to wait for a TCP connection to `ray.address` before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -51,11 +69,29 @@ def connect(cfg: RayConfig) -> bool:
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
     common = dict(namespace=f"sfprompt-{uuid.uuid4().hex[:12]}", logging_level=logging.WARNING)
-    if cfg.address:
-        ray.init(address=cfg.address, **common)
-    else:  # "local" starts a new instance even when another runs on this machine
+    if not cfg.address:  # "local" starts a new instance even when another runs here
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+        return True
+    check_reachable(cfg.address)
+    try:
+        ray.init(address=cfg.address, **common)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"ray.address: cannot join {cfg.address!r}: {first}") from None
     return True
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast on a "host:port" nobody answers at: `ray.init` would retry for minutes.
+    ("auto" and "ray://" addresses are left to Ray, which fails quickly on them.)"""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or address.startswith("ray://") or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(f"ray.address: cannot reach {address} "
+                          f"({err.strerror or type(err).__name__})") from None
 
 
 def server_options(cfg: RayConfig) -> dict:
@@ -93,6 +129,12 @@ class RayBackend:
         self.server = self.pool = None
         self._owns_ray = connect(cfg.ray)
         self.server_placement = None
+        # When the body trains: the server's state at the start of the round (None: as
+        # built), what a restarted server is given back (module doc), and the server
+        # incarnation known to hold it.
+        self._server_copy: dict | None = None
+        self._server_id: str | None = None
+        self._crash_armed = False
         try:
             threads = torch.get_num_threads()
             # Methods that do not split (fl, ...) never call a server: none is started.
@@ -100,7 +142,8 @@ class RayBackend:
             size, cpus = pool_shape(cfg.ray, options["num_cpus"])
             if not self.method.client_body:
                 self.server = (ray.remote(ServerActor)
-                               .options(max_concurrency=size + 2, **options)
+                               .options(max_concurrency=size + 2, max_restarts=SERVER_RESTARTS,
+                                        **options)
                                .remote(cfg, world.data.num_classes, threads))
             self.pool = ClientPool(cfg, world.data.train_images.numpy(),
                                    world.data.train_labels.numpy(), world.data.num_classes,
@@ -109,6 +152,8 @@ class RayBackend:
                 self.server_placement = get_within(self.server.placement.remote(),
                                                    cfg.ray.timeout_s, "starting the server actor")
             self.client_placements = self.pool.placements()
+            if self.method.server_trains:
+                self._sync_server()
         except BaseException:
             self.close()
             raise
@@ -116,29 +161,121 @@ class RayBackend:
                  options, self.server_placement, size, cpus, self.client_placements)
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
-        in_flight = 1 if self.method.server_trains else QUEUE_DEPTH * len(self.pool.actors)
+        trains = self.method.server_trains
+        in_flight = 1 if trains else QUEUE_DEPTH * len(self.pool.actors)
         # Order-dependent methods (body trains) run in client order, as in the reference.
-        ordered = sorted(tasks, key=lambda t: t.client) if in_flight == 1 else tasks
-        done = self.pool.run(ordered, self.world.profiles, global_state, in_flight)
-        results = [result for result, _ in done]
-        for _, seconds in done:
+        todo = sorted(tasks, key=lambda t: t.client) if trains else list(tasks)
+        results: dict[int, ClientResult] = {}
+        failed: list[int] = []
+        for _ in range(SERVER_RESTARTS + 1):
+            if trains:
+                self._sync_server()
+            run = self.pool.run(todo, self.world.profiles, global_state, in_flight)
+            self._settle(run, results, failed)
+            # A trained body also loses its steps to a restart no request noticed.
+            if not run.server_lost and not (trains and self._server_id != self._incarnation()):
+                break
+            log.warning("round %d: the server actor was lost; after its restart, %s",
+                        todo[0].round, "the round starts over" if trains else
+                        f"{len(run.server_lost)} client(s) run again")
+            self._crash_armed = False  # a restarted server is built unarmed
+            if trains:  # the body lost this round's steps: start the round over
+                self._server_id = None  # restore it, whatever happened
+                results.clear()
+                todo = [t for t in todo if t.client not in failed]
+            else:
+                self._incarnation()  # waits for the restart
+                todo = run.server_lost
+        else:
+            raise SfpromptError(f"the server actor was lost {SERVER_RESTARTS + 1} times in "
+                                f"round {tasks[0].round}; giving up")
+        if self._crash_armed:  # the injected crash found no request this round
+            self._ask_server("disarming the server crash", "crash_on_next_request", False)
+            self._crash_armed = False
+        if failed and not results and len(failed) > sum(t.crash for t in tasks):
+            raise SfpromptError(f"round {tasks[0].round}: every client actor died "
+                                f"({len(failed)} clients); the run cannot make progress")
+        if self.server is not None:
+            self.seconds["server_busy"] += self._ask_server("the server's timing",
+                                                            "take_busy_seconds")
+        return list(results.values())
+
+    def _settle(self, run: PoolRun, results: dict[int, ClientResult], failed: list[int]) -> None:
+        """Take in one pass of the pool: results, and failed clients made forgotten."""
+        for result, seconds in run.done:
+            results[result.client] = result
             self.seconds.update(seconds)
-        if self.server is None:
-            return results
-        flops = get_within(self.server.take_flops.remote([r.client for r in results]),
-                           self.cfg.ray.timeout_s, "fetching the server's FLOP counts")
-        for result, server_flops in zip(results, flops):
-            result.server_flops = server_flops
-        self.seconds["server_busy"] += get_within(self.server.take_busy_seconds.remote(),
-                                                  self.cfg.ray.timeout_s, "the server's timing")
-        return results
+        lost = [t.client for t in run.failed]
+        if lost:
+            failed.extend(lost)
+            log.warning("round %d: client actor(s) died running client(s) %s; replaced",
+                        run.failed[0].round, lost)
+            if self.server is not None:  # their half-done requests must not count later
+                self._ask_server("clearing failed clients on the server", "forget", lost)
+
+    def _ask_server(self, what: str, method: str, *args):
+        """A control call to the server (all may run twice), waiting through a restart."""
+        deadline = time.monotonic() + self.cfg.ray.timeout_s
+        while True:
+            try:
+                return get_within(getattr(self.server, method).remote(*args),
+                                  max(deadline - time.monotonic(), 0.001), what)
+            except ActorUnavailableError:  # it just died or restarted: ask the new one
+                if time.monotonic() > deadline:
+                    raise SfpromptError(f"ray.timeout_s: {what} took longer than "
+                                        f"{self.cfg.ray.timeout_s:g} s") from None
+                time.sleep(0.2)
+            except RayActorError:
+                raise SfpromptError(f"the server actor died and was not restarted (it "
+                                    f"restarts at most {SERVER_RESTARTS} times)") from None
+
+    def _incarnation(self) -> str:
+        """The server's current incarnation; waits while Ray restarts it."""
+        return self._ask_server("reaching the server actor", "incarnation")
+
+    def _sync_server(self) -> None:
+        """Make sure the server holds the round's starting state: a server restarted
+        since (between rounds too) gets the coordinator's copy."""
+        now = self._incarnation()
+        if now == self._server_id:
+            return
+        if self._server_id is not None or self._server_copy is not None:
+            log.warning("server actor restarted: restoring its body from the coordinator")
+        if self._server_copy is not None:
+            self._ask_server("restoring the server's body", "load_state_dict", self._server_copy)
+        self._server_id = now
 
     def evaluate(self, global_state: State) -> tuple[float, float]:
         if self.method.server_trains:
-            body = get_within(self.server.body_state.remote(), self.cfg.ray.timeout_s,
-                              "fetching the server's body")
-            self.world.split.body.load_state_dict(body)
+            state, now = self._ask_server("fetching the server's body", "state_dict")
+            if now != self._server_id:  # the round's steps are gone; the checkpoint is not
+                raise SfpromptError("the server actor was lost after the round's work; "
+                                    "continue with `sfprompt resume RUN_DIR`")
+            self._server_copy = state
+            self.world.split.body.load_state_dict(state["body"])
         return self._reference.evaluate(global_state)
+
+    def server_state(self) -> dict:
+        """The server's state after the last round (fetched by `evaluate`)."""
+        return self._server_copy
+
+    def restore_server(self, state: dict) -> None:
+        self._server_copy, self._server_id = state, None
+        self._sync_server()
+
+    def crash_server(self) -> None:
+        """Arm an injected crash: the server's process exits on its next request."""
+        if self.server is None:  # a method without a server: nothing to crash
+            return
+        self._ask_server("arming the server crash", "crash_on_next_request", True)
+        self._crash_armed = True
+
+    def describe(self) -> dict:
+        """For run.json: the Ray instance and namespace this run's actors live in."""
+        context = ray.get_runtime_context()
+        session_dir = os.path.join(context.get_temp_dir(), context.get_session_name())
+        return {"ray": {"namespace": context.namespace, "session_dir": session_dir,
+                        "gcs_address": context.gcs_address, "owns_instance": self._owns_ray}}
 
     def close(self) -> None:
         """Kill the actors, and shut Ray down if this backend started it. Idempotent."""

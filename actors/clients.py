@@ -11,19 +11,29 @@ copy) and every actor on a node reads the same shared memory. The server is reac
 through `ServerProxy`, which gives `split_update` `BodyServer`'s interface over the
 server actor's handle. The pool hands each task to the next free actor as actors
 finish (`ray.wait`).
+
+Faults. A client actor whose process dies (killed, out of memory, or an injected
+`faults.client_crash`, which exits it on receiving the task) is replaced by a fresh
+one; the client it was running is failed, and the clients queued behind it, which
+never started, run elsewhere. A task that loses the server (its actor died under the
+request) is reported as such, and the pool stops handing out work until the backend
+has the server back (backend.py retries it). Every wait has the `ray.timeout_s` limit.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 import torch
 from ray.actor import ActorHandle
-from ray.exceptions import GetTimeoutError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from sfprompt.platform.client import ClientResult, ClientTask, Device, State
 from sfprompt.platform.config import Config
@@ -44,6 +54,10 @@ def get_within(refs: ray.ObjectRef | list[ray.ObjectRef], timeout_s: float, what
         raise SfpromptError(f"ray.timeout_s: {what} took longer than {timeout_s:g} s") from None
 
 
+class ServerLost(Exception):
+    """The server actor died under a request: the client's work must be retried."""
+
+
 class ServerProxy:
     """The server actor as `split_update` sees a `BodyServer`: forward and backward."""
 
@@ -58,11 +72,26 @@ class ServerProxy:
     def backward(self, key: Hashable, grad_out: torch.Tensor) -> torch.Tensor | None:
         return self._call("backward", key, grad_out)
 
-    def _call(self, method: str, key: Hashable, *args):
+    def incarnation(self) -> str:
+        return self._call("incarnation")
+
+    def take_flops(self, key: Hashable, incarnation: str) -> int:
+        """The server's FLOPs for `key`, fetched with the client's own result (so that a
+        server lost after the client finished takes nothing of it along), provided the
+        server is still the `incarnation` the client's work started on."""
+        flops, now = self._call("take_flops", key)
+        if now != incarnation:  # it restarted in between: what it counted is gone
+            raise ServerLost("the server actor restarted during the client's work")
+        return flops
+
+    def _call(self, method: str, *args):
         start = time.perf_counter()  # from the request's serialization to the reply's
         try:
-            ref = getattr(self.server, method).remote(key, *args)
-            return get_within(ref, self.timeout_s, f"the server's {method} for client {key}")
+            ref = getattr(self.server, method).remote(*args)
+            return get_within(ref, self.timeout_s, f"the server's {method}"
+                              + (f" for client {args[0]}" if args else ""))
+        except RayActorError as err:
+            raise ServerLost(f"server actor lost during {method}: {type(err).__name__}") from None
         finally:
             self.wait_seconds += time.perf_counter() - start
 
@@ -89,19 +118,37 @@ class ClientActor:
     def run(self, task: ClientTask, profile: Profile,
             global_state: State) -> tuple[ClientResult, Seconds]:
         """One client's round, as the local backend runs it, and where its time went."""
+        if task.crash:
+            os._exit(1)  # an injected crash: the process is gone, no reply, no clean-up
         if self.server is not None:
+            incarnation = self.server.incarnation()
             self.server.wait_seconds = 0.0
         start = time.perf_counter()
         with emulate_network(self.cfg.network, profile, task.seed):
             result = self.method.client_round(self.cfg, self.device, task, global_state,
                                               self.server)
-        return result, {"client_round": time.perf_counter() - start,
-                        "server_wait": self.server.wait_seconds if self.server else 0.0}
+        seconds = {"client_round": time.perf_counter() - start,
+                   "server_wait": self.server.wait_seconds if self.server else 0.0}
+        if self.server is not None:
+            result.server_flops = self.server.take_flops(task.client, incarnation)
+        return result, seconds
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def placement(self) -> dict:
         """Node and torch threads of this actor; also the readiness probe."""
         return {"node": ray.get_runtime_context().get_node_id(),
                 "threads": torch.get_num_threads(), "device": "cpu"}
+
+
+@dataclass
+class PoolRun:
+    """What became of a round's tasks (ClientPool.run)."""
+
+    done: list[tuple[ClientResult, Seconds]] = field(default_factory=list)
+    failed: list[ClientTask] = field(default_factory=list)  # their actor died running them
+    server_lost: list[ClientTask] = field(default_factory=list)  # to retry, server back
 
 
 class ClientPool:
@@ -112,9 +159,11 @@ class ClientPool:
                  threads: int) -> None:
         self.timeout_s = cfg.ray.timeout_s
         images_ref, labels_ref = ray.put(images), ray.put(labels)  # once, shared by all
-        remote = ray.remote(ClientActor).options(num_cpus=cpus, scheduling_strategy="SPREAD")
-        self.actors = [remote.remote(cfg, num_classes, norm, images_ref, labels_ref, server,
-                                     threads) for _ in range(size)]
+        self._remote = ray.remote(ClientActor).options(num_cpus=cpus,
+                                                       scheduling_strategy="SPREAD")
+        self._args = (cfg, num_classes, norm, images_ref, labels_ref, server, threads)
+        self.actors = [self._remote.remote(*self._args) for _ in range(size)]
+        self.replaced = 0  # actors replaced after their process died
 
     def placements(self) -> list[dict]:
         """Each actor's `placement()`; waits for every actor to be up."""
@@ -122,35 +171,78 @@ class ClientPool:
                           "starting the client actors")
 
     def run(self, tasks: Sequence[ClientTask], profiles: Sequence[Profile], global_state: State,
-            in_flight: int) -> list[tuple[ClientResult, Seconds]]:
-        """Every task's result, in order of completion; at most `in_flight` tasks are
-        out at once, each to the actor with the fewest. Two per actor keep the next
+            in_flight: int) -> PoolRun:
+        """Every task's fate; results in order of completion. At most `in_flight` tasks
+        are out at once, each to the actor with the fewest. Two per actor keep the next
         client queued at the actor while it runs one, so it never idles waiting for the
         coordinator to hear back and hand out more work."""
         state_ref = ray.put(global_state)  # once per round, whatever the number of clients
-        pending: dict[ray.ObjectRef, int] = {}  # task -> index of its actor
+        queue = deque(tasks)
+        # task ref -> (index of its actor, task), in submission order: an actor runs its
+        # tasks in that order, which tells the one it was running when it died.
+        pending: dict[ray.ObjectRef, tuple[int, ClientTask]] = {}
         loads = [0] * len(self.actors)  # tasks out per actor
-        done: list[tuple[ClientResult, Seconds]] = []
-        for task in tasks:
-            if len(pending) >= in_flight:
-                done.append(self._next(pending, loads))
-            i = loads.index(min(loads))
-            pending[self.actors[i].run.remote(task, profiles[task.client], state_ref)] = i
-            loads[i] += 1
-        while pending:
-            done.append(self._next(pending, loads))
-        return done
+        out = PoolRun()
+        while queue or pending:
+            while queue and len(pending) < in_flight:
+                task = queue.popleft()
+                i = loads.index(min(loads))
+                ref = self.actors[i].run.remote(task, profiles[task.client], state_ref)
+                pending[ref] = (i, task)
+                loads[i] += 1
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
+            if not ready:
+                raise SfpromptError(f"ray.timeout_s: no client round finished within "
+                                    f"{self.timeout_s:g} s")
+            i, task = pending[ready[0]]
+            try:
+                out.done.append(_get(ready[0], self.timeout_s))
+            except ServerLost:
+                out.server_lost.append(task)
+                out.server_lost.extend(queue)  # no new work until the server is back
+                queue.clear()
+            except RayActorError:
+                queue.extendleft(reversed(self._lost_actor(i, pending, out)))
+                loads[i] = 0
+                continue
+            del pending[ready[0]]
+            loads[i] -= 1
+        return out
+
+    def _lost_actor(self, i: int, pending: dict[ray.ObjectRef, tuple[int, ClientTask]],
+                    out: PoolRun) -> list[ClientTask]:
+        """Actor `i` died: settle its tasks (done, the one it ran: failed), replace it,
+        and return the tasks that were only queued there, to run elsewhere."""
+        mine = [ref for ref, (j, _) in pending.items() if j == i]  # submission order
+        ray.wait(mine, num_returns=len(mine), timeout=self.timeout_s)  # all settle at once
+        requeue: list[ClientTask] = []
+        running = True  # the first task lost with the actor is the one it was running
+        for ref in mine:
+            task = pending.pop(ref)[1]
+            try:
+                out.done.append(_get(ref, self.timeout_s))
+            except ServerLost:
+                out.server_lost.append(task)
+            except (RayActorError, GetTimeoutError):
+                (out.failed if running else requeue).append(task)
+                running = False
+        ray.kill(self.actors[i])  # a no-op if it is gone; ends it if it only hung
+        self.actors[i] = self._remote.remote(*self._args)
+        self.replaced += 1
+        return requeue
 
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
 
-    def _next(self, pending: dict[ray.ObjectRef, int],
-              loads: list[int]) -> tuple[ClientResult, Seconds]:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
-        if not ready:
-            raise SfpromptError(f"ray.timeout_s: no client round finished within "
-                                f"{self.timeout_s:g} s")
-        loads[pending.pop(ready[0])] -= 1
-        return ray.get(ready[0])
+
+def _get(ref: ray.ObjectRef, timeout_s: float):
+    """`ray.get` of a settled client task; a one-line error raised in the actor (e.g. a
+    server request's timeout) comes back as itself, not as a remote traceback."""
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except RayTaskError as err:
+        if isinstance(err.cause, (ServerLost, SfpromptError)):
+            raise err.cause from None
+        raise

@@ -7,6 +7,13 @@ actor, and `BodyServer` runs one request at a time (platform/server.py says why)
 the other threads receive and deserialize theirs. Tensors arrive and leave on the CPU;
 the body runs on `cuda` when the actor was given a GPU.
 
+Faults: the backend starts it with `max_restarts`, so Ray rebuilds it (from the config,
+like the first time) when its process dies; what it held then is gone, and the backend
+retries the lost client work and, when the body trains, restores the body and its
+optimizer from the coordinator's copy (`load_state_dict`). `crash_on_next_request`
+arms an injected crash (`faults.server_crash_round`): the process exits on the next
+forward, in the middle of a client's work, as a real crash would.
+
 Batching concurrent requests into one body call is not done: it does not pay on a CPU.
 benchmarks/server_batching.py (forward + input-gradient backward, 4 requests of 32,
 DINOv2 ViT-S/14 body at 56 px, 1 thread, 2-core host): one by one 4.67 s, batched
@@ -21,14 +28,15 @@ call, split the outputs and the FLOP count by rows).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections.abc import Hashable
 
 import ray
 import torch
 
-from sfprompt.platform.client import State
 from sfprompt.platform.config import Config
 from sfprompt.platform.methods import METHODS
 from sfprompt.platform.rounds import build_split
@@ -48,8 +56,14 @@ class ServerActor:
                                  lr=cfg.train.pretrained_lr)
         self._busy = 0.0  # wall seconds inside the body, for "where the time goes"
         self._busy_lock = threading.Lock()
+        self._crash = False  # an armed injected crash (module doc)
+        # Which life of the actor this is: a restart builds a new one, so a caller that
+        # sees it change knows the server lost what it held.
+        self._incarnation = uuid.uuid4().hex
 
     def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool) -> torch.Tensor:
+        if self._crash:
+            os._exit(1)  # no clean-up, no reply: the process is simply gone
         start = time.perf_counter()
         out = self.server.forward(key, smashed.to(self.device), input_grad).cpu()
         self._add_busy(time.perf_counter() - start)
@@ -61,9 +75,13 @@ class ServerActor:
         self._add_busy(time.perf_counter() - start)
         return None if grad is None else grad.cpu()
 
-    def take_flops(self, keys: list[Hashable]) -> list[int]:
-        """Server FLOPs per client key since the last call, in the order of `keys`."""
-        return [self.server.take_flops(key) for key in keys]
+    def incarnation(self) -> str:
+        return self._incarnation
+
+    def take_flops(self, key: Hashable) -> tuple[int, str]:
+        """Server FLOPs of client `key` since the last call, and the incarnation that
+        counted them (a client compares it with the one it started with)."""
+        return self.server.take_flops(key), self._incarnation
 
     def take_busy_seconds(self) -> float:
         """Wall seconds spent in forward/backward since the last call."""
@@ -71,9 +89,24 @@ class ServerActor:
             busy, self._busy = self._busy, 0.0
         return busy
 
-    def body_state(self) -> State:
-        """The body's weights on the CPU (for evaluation when the body trains)."""
-        return {k: v.detach().cpu() for k, v in self.server.body.state_dict().items()}
+    def state_dict(self) -> tuple[dict, str]:
+        """Body weights and optimizer state on the CPU (BodyServer.state_dict), and the
+        incarnation they belong to."""
+        return self.server.state_dict(), self._incarnation
+
+    def load_state_dict(self, state: dict) -> None:
+        self.server.load_state_dict(state)
+
+    def forget(self, keys: list[Hashable]) -> None:
+        """Drop what clients that failed mid-round left here (BodyServer.forget)."""
+        for key in keys:
+            self.server.forget(key)
+
+    def crash_on_next_request(self, armed: bool) -> None:
+        self._crash = armed
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def placement(self) -> dict:
         """Node, torch threads and device of a request; also the readiness probe."""

@@ -29,6 +29,7 @@ class ClientTask:
     indices: np.ndarray  # (n,) positions in the training set
     seed: int
     first_visit: bool  # the client has never received the frozen head
+    crash: bool = False  # injected fault: the client's process dies on receiving this
 
 
 @dataclass
@@ -50,6 +51,19 @@ class ClientResult:
 def parameters_by_name(model: torch.nn.Module, trainable: bool) -> State:
     """The (detached) parameters of `model` that train, or those that do not."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad == trainable}
+
+
+# Buffers learned from data (split.ProbeNorm's): they travel and are averaged like weights.
+STATISTICS = ("running_mean", "running_var")
+
+
+def client_state(model: torch.nn.Module) -> State:
+    """The state a client trains and uploads, by name (`head.prompts`, `tail.*`): its
+    trainable parameters and the running statistics of its normalisation."""
+    state = parameters_by_name(model, trainable=True)
+    state.update({n: b.detach() for n, b in model.named_buffers()
+                  if n.rsplit(".", 1)[-1] in STATISTICS})
+    return state
 
 
 class Device:
@@ -74,8 +88,8 @@ class Device:
             yield to_model_input(self.images[chunk], **self._norm), self.labels[chunk]
 
     def state(self) -> State:
-        """The trainable client-side parameters by name (`head.prompts`, `tail.*`)."""
-        return parameters_by_name(self.client_model, trainable=True)
+        """What trains on the client and travels (client_state)."""
+        return client_state(self.client_model)
 
     def frozen_state(self) -> State:
         """The client-side parameters that never train: sent once, on a first visit."""
@@ -83,6 +97,7 @@ class Device:
 
     @torch.no_grad()
     def load(self, state: State) -> None:
-        params = dict(self.client_model.named_parameters())
+        params = {**dict(self.client_model.named_parameters()),
+                  **dict(self.client_model.named_buffers())}
         for name, value in state.items():
             params[name].copy_(value)

@@ -30,6 +30,9 @@ class ModelConfig:
     weights: str = "offline"
     # Input side in pixels; 56 px = 4x4 patches of 14 keeps a CPU round in seconds.
     img_size: int = 56
+    # Standardise the pooled feature before the classifier (split.ProbeNorm: BatchNorm
+    # without affine, as in MAE's linear probe); its running statistics are FedAvg'd.
+    probe_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,18 @@ class TrainConfig:
     # Epochs of split training (through the server body) per round.
     split_epochs: int = 1
     batch_size: int = 32
-    # Adam rate of the parameters that start from scratch: prompts and the classifier.
+    # Client optimizer from methods.OPTIMIZERS (sgd = SGD with `momentum`, adam),
+    # created fresh every round: clients keep no optimizer state between rounds.
+    optimizer: str = "adam"
+    # Momentum of sgd.
+    momentum: float = 0.9
+    # Learning rate of the classifier, which starts from scratch (zeros).
     lr: float = 1e-3
-    # Adam rate of trainable parameters that come pretrained (tail blocks, final norm):
-    # a step as large as the new parameters' wrecks a pretrained block in a few updates.
+    # Learning rate of the soft prompts. Every feature downstream depends on them, so
+    # client drift in the prompts moves all features at once (DESIGN.md section 1).
+    prompt_lr: float = 1e-3
+    # Learning rate of trainable parameters that come pretrained (tail blocks, final
+    # norm): a step as large as the new parameters' wrecks a pretrained block quickly.
     pretrained_lr: float = 1e-5
     weight_decay: float = 0.0
     # Batch size for evaluation and EL2N scoring (no gradients, so larger is fine).
@@ -200,6 +211,29 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    # Injected faults (platform/faults.py), each decided by its own generator seeded by
+    # (run.seed, round, client), so a run's faults are the same in every backend and on
+    # every rerun. All off by default.
+    # Probability that a sampled, online client crashes in a round: its process dies on
+    # receiving the work (the ray backend really exits the client actor, which the pool
+    # replaces); it gets status "failed" and its work is lost, nothing of it counted.
+    client_crash: float = 0.0
+    # Round whose first server request kills the server process (ray backend; the actor
+    # restarts and the affected client work is retried); 0 = never. In the local backend
+    # the server lives in the coordinator's process and loses nothing: only counted.
+    server_crash_round: int = 0
+    # Probability that one transmission of a message is lost. A lost message is
+    # retransmitted until it arrives (never dropped): each loss costs the message's bytes
+    # and time again, counted in faults.retransmitted_bytes and the client's comm time.
+    message_loss: float = 0.0
+    # Probability that a message (retransmissions included) meets a delay spike ...
+    delay_spike: float = 0.0
+    # ... which adds this many simulated seconds to the client's comm time.
+    delay_spike_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -213,6 +247,7 @@ class Config:
     compress: CompressConfig = field(default_factory=CompressConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
 
 # ---------------------------------------------------------------- building from dicts
@@ -282,7 +317,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{item}: overrides are dotted key=value, e.g. fed.rounds=50")
         node = nested
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"{key}: empty part in a dotted key, e.g. fed.rounds=50")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -291,11 +328,14 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = merge(out[key], value, f"{prefix}{key}.")
+        elif isinstance(value, dict) and key in out:
+            # A table of overrides would silently replace the file's bad value.
+            raise ConfigError(f"{prefix}{key}: expected a table of settings, got {out[key]!r}")
         else:
             out[key] = value
     return out
@@ -309,9 +349,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found")
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path}: invalid TOML ({err})") from None
+        except UnicodeDecodeError as err:  # TOML is UTF-8 by definition
+            raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.start})") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path}: cannot read ({err.strerror})") from None
     return config_from_dict(merge(values, parse_overrides(overrides or [])))
 
 
@@ -357,12 +401,15 @@ def validate(cfg: Config) -> None:
     from sfprompt.platform.aggregation import AGGREGATIONS
     from sfprompt.platform.compression import CODECS
     from sfprompt.platform.datasets import DATASETS
-    from sfprompt.platform.methods import METHODS
+    from sfprompt.platform.methods import METHODS, OPTIMIZERS
     from sfprompt.platform.partition import PARTITIONERS
     from sfprompt.platform.pruning import SCORES
-    from sfprompt.platform.weights import model_depth
+    from sfprompt.platform.weights import model_depth, model_patch_size
 
     _check(cfg.model.img_size > 0, "model.img_size", f"must be positive, got {cfg.model.img_size}")
+    run_id = cfg.run.run_id
+    _check(run_id == "" or (run_id not in (".", "..") and Path(run_id).name == run_id),
+           "run.run_id", f"must be a plain directory name, got {run_id!r}")
     for key in ("split.head_blocks", "split.tail_blocks", "prompt.length",
                 "train.local_epochs", "train.split_epochs", "data.max_samples",
                 "run.threads", "ray.num_client_actors"):
@@ -382,10 +429,14 @@ def validate(cfg: Config) -> None:
            f"must be a positive number, got {cfg.fed.alpha}")
     _check(cfg.train.lr > 0 and math.isfinite(cfg.train.lr), "train.lr",
            f"must be a positive number, got {cfg.train.lr}")
+    _check(cfg.train.prompt_lr >= 0 and math.isfinite(cfg.train.prompt_lr), "train.prompt_lr",
+           f"must be >= 0, got {cfg.train.prompt_lr}")
     _check(cfg.train.pretrained_lr >= 0 and math.isfinite(cfg.train.pretrained_lr),
            "train.pretrained_lr", f"must be >= 0, got {cfg.train.pretrained_lr}")
-    _check(cfg.train.weight_decay >= 0, "train.weight_decay",
-           f"must be >= 0, got {cfg.train.weight_decay}")
+    _check(cfg.train.weight_decay >= 0 and math.isfinite(cfg.train.weight_decay),
+           "train.weight_decay", f"must be a number >= 0, got {cfg.train.weight_decay}")
+    _check(0 <= cfg.train.momentum < 1, "train.momentum",
+           f"must be in [0, 1), got {cfg.train.momentum}")
     _check(cfg.ray.timeout_s > 0 and math.isfinite(cfg.ray.timeout_s), "ray.timeout_s",
            f"must be a positive number of seconds, got {cfg.ray.timeout_s}")
     _check(cfg.fed.clients_per_round <= cfg.fed.num_clients, "fed.clients_per_round",
@@ -398,16 +449,21 @@ def validate(cfg: Config) -> None:
         ("fed.aggregation", cfg.fed.aggregation, AGGREGATIONS),
         ("prune.score", cfg.prune.score, SCORES),
         ("train.method", cfg.train.method, METHODS),
+        ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
         ("run.backend", cfg.run.backend, BACKENDS),
         ("compress.activations", cfg.compress.activations, CODECS),
         ("compress.gradients", cfg.compress.gradients, CODECS),
     ):
         _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
-    depth = model_depth(cfg.model.name)
+    depth, patch = model_depth(cfg.model.name), model_patch_size(cfg.model.name)
+    # timm floors the patch grid, so the rest of every row and column would be dropped.
+    _check(cfg.model.img_size % patch == 0, "model.img_size",
+           f"{cfg.model.img_size} is not a multiple of the {patch} px patches of {cfg.model.name}")
     used = cfg.split.head_blocks + cfg.split.tail_blocks
     _check(used <= depth, "split",
            f"head_blocks + tail_blocks = {used} exceeds the {depth} blocks of {cfg.model.name}")
     _validate_clock(cfg)
+    _validate_faults(cfg)
 
 
 def _validate_clock(cfg: Config) -> None:
@@ -439,3 +495,16 @@ def _validate_clock(cfg: Config) -> None:
            f"{cfg.fed.protocol} samples {sampled} clients, more than fed.num_clients = "
            f"{cfg.fed.num_clients}")
 
+
+def _validate_faults(cfg: Config) -> None:
+    f = cfg.faults
+    for key, value in (("faults.client_crash", f.client_crash),
+                       ("faults.delay_spike", f.delay_spike)):
+        _check(0.0 <= value <= 1.0, key, f"must be a probability in [0, 1], got {value}")
+    # 1 would retransmit forever.
+    _check(0.0 <= f.message_loss < 1.0, "faults.message_loss",
+           f"must be in [0, 1), got {f.message_loss}")
+    _check(f.delay_spike_s >= 0 and math.isfinite(f.delay_spike_s), "faults.delay_spike_s",
+           f"must be a number of seconds >= 0, got {f.delay_spike_s}")
+    _check(0 <= f.server_crash_round <= cfg.fed.rounds, "faults.server_crash_round",
+           f"must be a round in [0, fed.rounds = {cfg.fed.rounds}], got {f.server_crash_round}")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from sfprompt.platform.accounting import KINDS
-from sfprompt.platform.client import ClientResult, ClientTask, Device, parameters_by_name
+from sfprompt.platform.client import ClientResult, ClientTask, Device, client_state
 from sfprompt.platform.config import Config
 from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.methods import METHODS
@@ -73,7 +73,7 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
     server = BodyServer(split.body, trains=method.server_trains, lr=cfg.train.pretrained_lr)
     task = ClientTask(client=0, round=1, indices=np.arange(samples), seed=cfg.run.seed,
                       first_visit=first_visit)
-    global_state = parameters_by_name(split.client(), trainable=True)
+    global_state = client_state(split.client())
     with HostAttention():
         result = method.client_round(cfg, device, task, global_state, server)
     result.server_flops = server.take_flops(task.client)

@@ -204,9 +204,11 @@ def _cifar100(root: str | None, *, test_fraction: float, seed: int, download: bo
 
 def _class_images(folder: str) -> list[str]:
     """Image files directly inside `folder`, sorted; hidden files and subfolders skipped."""
-    names = sorted(
-        f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")
-    )
+    try:
+        listed = os.listdir(folder)
+    except OSError as err:  # e.g. no permission to list it
+        raise SfpromptError(f"{folder}: cannot list the class folder ({err.strerror})") from None
+    names = sorted(f for f in listed if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
     return [os.path.join(folder, f) for f in names if os.path.isfile(os.path.join(folder, f))]
 
 
@@ -230,7 +232,10 @@ def _imagefolder(root: str | None, *, test_fraction: float, seed: int, download:
         raise SfpromptError(
             f"data.root={root!r}: imagefolder needs an existing folder with one subfolder per class"
         )
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as err:  # e.g. no permission to list it
+        raise SfpromptError(f"data.root={root!r}: cannot list the folder ({err.strerror})") from None
     if len(classes) < 2:
         raise SfpromptError(
             f"data.root={root!r}: imagefolder found {len(classes)} class folder(s) {classes}, "

@@ -96,19 +96,35 @@ def world_config(cfg: Config) -> Config:
                            "fed.partition": "iid", "fed.protocol": "wait_all"})
 
 
+def parameter_kind(name: str) -> str:
+    """prompts | classifier (both start from scratch) | pretrained."""
+    if name == "head.prompts":
+        return "prompts"
+    return "classifier" if name.startswith("tail.head.") else "pretrained"
+
+
 def is_new(name: str) -> bool:
     """Parameters that start from scratch rather than from the pretrained model."""
-    return name == "head.prompts" or name.startswith("tail.head.")
+    return parameter_kind(name) != "pretrained"
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Config], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, momentum=cfg.train.momentum,
+                                               weight_decay=cfg.train.weight_decay),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay),
+}
 
 
 def make_optimizer(cfg: Config, device: Device) -> torch.optim.Optimizer:
-    """Adam, fresh every round (clients keep no optimizer state between rounds), with
-    `train.lr` for new parameters and `train.pretrained_lr` for pretrained ones."""
+    """`train.optimizer`, fresh every round (clients keep no optimizer state between
+    rounds), with one learning rate per kind of parameter: `train.prompt_lr` for the
+    prompts, `train.lr` for the classifier, `train.pretrained_lr` for pretrained ones."""
     named = [(n, p) for n, p in device.client_model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if is_new(n)], "lr": cfg.train.lr},
-              {"params": [p for n, p in named if not is_new(n)], "lr": cfg.train.pretrained_lr}]
-    return torch.optim.Adam([g for g in groups if g["params"]],
-                            weight_decay=cfg.train.weight_decay)
+    rates = {"prompts": cfg.train.prompt_lr, "classifier": cfg.train.lr,
+             "pretrained": cfg.train.pretrained_lr}
+    groups = [{"params": [p for n, p in named if parameter_kind(n) == kind], "lr": lr}
+              for kind, lr in rates.items()]
+    return OPTIMIZERS[cfg.train.optimizer]([g for g in groups if g["params"]], cfg)
 
 
 class Session:
@@ -161,7 +177,7 @@ def sfprompt_round(cfg: Config, device: Device, task: ClientTask, global_state: 
     if cfg.prune.keep < 1.0:
         scores = score_samples(device.split, device.batches(task.indices, cfg.train.eval_batch_size),
                                SCORES[cfg.prune.score], s.generator, s.flops)
-        kept = task.indices[kept_positions(select_hardest(scores, cfg.prune.keep))]
+        kept = task.indices[kept_positions(select_hardest(scores, cfg.prune.keep, s.generator))]
     local_loss = train_loss = math.nan
     for _ in range(cfg.train.local_epochs):
         local_loss = train_loss = local_loss_update(device.split, s.batches(kept), s.optimizer,

@@ -260,8 +260,9 @@ def read_trace(path: str | Path, num_clients: int) -> list[Profile]:
         bad = ~(np.isfinite(v) & ok(v))
         if bad.any():
             row = int(np.argmax(bad))
+            value = df[column].tolist()[row]  # a plain number, not np.float64(...)
             raise SfpromptError(f"profiles.trace {path}: column {column!r} row {row} "
-                                f"{rule}, got {df[column].iloc[row]!r}")
+                                f"{rule}, got {value!r}")
         values[column] = v
     tiers = df["tier"].astype(str).tolist() if "tier" in df.columns else ["trace"] * len(df)
     return [Profile(tier=tiers[i], **{c: float(values[c][i]) for c in TRACE_COLUMNS

@@ -9,6 +9,8 @@ Each client of a round ends with one status:
     late      over `fed.deadline_s` under the deadline protocol; not aggregated
     dropped   beyond the first `clients_per_round` to finish under over-commit
     offline   not there when sampled (probability 1 - availability); runs nothing
+    failed    its work was lost (its process crashed, injected or not): not
+              aggregated, nothing of it counted
 
 The simulation's dilemma: a real coordinator learns that a client is late while it is
 still working, but here a client's time is known only after its work has run, because
@@ -28,7 +30,7 @@ import numpy as np
 
 from sfprompt.platform.config import FedConfig
 
-STATUSES = ("ok", "late", "dropped", "offline")
+STATUSES = ("ok", "late", "dropped", "offline", "failed")
 _AVAILABILITY_STREAM = 0xA7A1  # keeps availability draws apart from other seeded streams
 
 Select = Callable[[FedConfig, Sequence[float]], tuple[list[str], float]]

@@ -44,9 +44,13 @@ def keep_count(n: int, keep: float) -> int:
     return min(n, max(1, math.ceil(keep * n - 1e-9)))
 
 
-def select_hardest(scores: torch.Tensor, keep: float) -> torch.Tensor:
+def select_hardest(scores: torch.Tensor, keep: float, generator: torch.Generator) -> torch.Tensor:
     """Positions of the `keep` fraction with the highest scores, in ascending position
-    order; ties go to the earlier position so the choice is deterministic."""
+    order. Ties are broken in a random order drawn from `generator`, not by position:
+    scores tie exactly when the classifier is uniform (the zero-initialised first
+    round), and a client's shard is grouped by class, so "earliest first" would drop
+    whole classes."""
     k = keep_count(scores.shape[0], keep)
-    order = torch.sort(-scores, stable=True).indices  # hardest first
+    shuffle = torch.randperm(scores.shape[0], generator=generator).to(scores.device)
+    order = shuffle[torch.sort(-scores[shuffle], stable=True).indices]  # hardest first
     return order[:k].sort().values

@@ -6,6 +6,10 @@
         protocol: who is aggregated, when the round ends -> aggregate the uploaded
         states (weights = kept samples) -> evaluate -> one row
 
+A client whose work is lost (its process crashed: an injected `faults.client_crash`
+or a real one the Ray backend survived) returns no result and is "failed". The
+loop's state between rounds is a `checkpoint.Progress`, so a run can resume from it.
+
 The coordinator owns the global trainable state, client sampling, profiles, the
 virtual clock and seeds; a backend only executes client work and evaluation.
 `LocalBackend` does that in this process and is the reference any other backend (Ray)
@@ -15,6 +19,7 @@ must reproduce number for number.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import time
@@ -28,17 +33,19 @@ import torch
 
 from sfprompt.platform.accounting import DOWN, KINDS
 from sfprompt.platform.aggregation import AGGREGATIONS
-from sfprompt.platform.client import ClientResult, ClientTask, Device, State, parameters_by_name
-from sfprompt.platform.clock import ClientTime, client_times
+from sfprompt.platform.checkpoint import Progress
+from sfprompt.platform.client import ClientResult, ClientTask, Device, State, client_state
+from sfprompt.platform.clock import ClientTime, client_times, message_seconds
 from sfprompt.platform.config import Config
 from sfprompt.platform.datasets import ImageData, load_dataset
+from sfprompt.platform.faults import MessageFaults, client_crashes, message_faults
 from sfprompt.platform.methods import METHODS, prompt_length, set_trainable, world_config
 from sfprompt.platform.network import emulate_network
 from sfprompt.platform.partition import partition
 from sfprompt.platform.profiles import Profile, ServerProfile, make_profiles, server_profile
 from sfprompt.platform.protocols import PROTOCOLS, is_online
 from sfprompt.platform.server import BodyServer
-from sfprompt.platform.split import SplitModel, split_vit
+from sfprompt.platform.split import SplitModel, add_probe_norm, split_vit
 from sfprompt.platform.steps import evaluate
 from sfprompt.platform.weights import create_vit
 
@@ -69,6 +76,8 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
     # round's updates are about the data rather than about a random head's bias.
     torch.nn.init.zeros_(vit.head.weight)
     torch.nn.init.zeros_(vit.head.bias)
+    if cfg.model.probe_norm:
+        add_probe_norm(vit)
     split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, prompt_length(cfg),
                       cfg.split.local_pool)
     set_trainable(split, METHODS[cfg.train.method])
@@ -80,6 +89,8 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
 
 def build_world(cfg: Config) -> World:
     cfg = world_config(cfg)  # a pooled method (centralized) sees one client with all data
+    # First, being the cheapest: a bad trace file fails before data or a model is loaded.
+    profiles = make_profiles(cfg.profiles, cfg.fed.num_clients, cfg.run.seed)
     data = load_dataset(cfg.data.name, root=cfg.data.root or None,
                         test_fraction=cfg.data.test_fraction, seed=cfg.run.seed,
                         max_samples=cfg.data.max_samples or None, download=cfg.data.download)
@@ -88,13 +99,20 @@ def build_world(cfg: Config) -> World:
                        shards_per_client=cfg.fed.shards_per_client,
                        min_samples=cfg.fed.min_samples)
     split, norm = build_split(cfg, data.num_classes)
-    profiles = make_profiles(cfg.profiles, cfg.fed.num_clients, cfg.run.seed)
     return World(cfg, data, shards, split, norm, profiles, server_profile(cfg.profiles))
 
 
 class Backend(Protocol):
+    """Runs client work and evaluation. `run_clients` returns a result for every task
+    but those whose work was lost (failed clients). The server methods are called only
+    when the method trains the body (`server_state`, `restore_server`: for checkpoints)
+    or when `faults.server_crash_round` injects a crash (`crash_server`)."""
+
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]: ...
     def evaluate(self, global_state: State) -> tuple[float, float]: ...
+    def server_state(self) -> dict: ...
+    def restore_server(self, state: dict) -> None: ...
+    def crash_server(self) -> None: ...
 
 
 class LocalBackend:
@@ -115,6 +133,8 @@ class LocalBackend:
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
         results = []
         for task in tasks:
+            if task.crash:  # the process running this client dies: its work is lost
+                continue
             with emulate_network(self.cfg.network, self.profiles[task.client], task.seed):
                 result = self.method.client_round(self.cfg, self.device, task, global_state,
                                                   self.server)
@@ -126,6 +146,16 @@ class LocalBackend:
         self.test.load(global_state)
         return evaluate(self.test.split,
                         self.test.batches(self._test_indices, self.cfg.train.eval_batch_size))
+
+    def server_state(self) -> dict:
+        return self.server.state_dict()
+
+    def restore_server(self, state: dict) -> None:
+        self.server.load_state_dict(state)
+
+    def crash_server(self) -> None:
+        """Here the server lives in the coordinator's process: the crash takes nothing
+        with it, so there is nothing to recover (the ray backend really kills it)."""
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -148,12 +178,14 @@ class Outcome:
     client: int
     profile: Profile
     status: str  # protocols.STATUSES
-    result: ClientResult | None = None  # None when offline
+    result: ClientResult | None = None  # None when offline or failed
     time: ClientTime | None = None
+    faults: MessageFaults = MessageFaults()  # injected loss and delay spikes
+    crashed: bool = False  # an injected client crash (faults.client_crash)
 
 
 def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float, wall: float,
-              sim_seconds: float, sim_elapsed: float) -> dict:
+              sim_seconds: float, sim_elapsed: float, server_crashes: int = 0) -> dict:
     """One row of rounds.parquet. What the update learned from (participants, samples,
     training loss) counts the aggregated clients; what the round cost (FLOPs, bytes)
     counts every client that ran, late and dropped ones included: that work was spent."""
@@ -164,6 +196,8 @@ def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float
     row = {"round": round_, "accuracy": accuracy, "loss": loss, "wall_seconds": wall,
            "participants": len(aggregated), "sampled": len(outcomes),
            "offline": statuses["offline"], "late": statuses["late"], "dropped": statuses["dropped"],
+           "failed": statuses["failed"], "faults.client_crashes": sum(o.crashed for o in outcomes),
+           "faults.server_crashes": server_crashes,
            "train_loss": (sum(r.train_loss * r.num_kept for r in aggregated)
                           / max(kept_samples, 1) if aggregated else math.nan),
            "samples": sum(r.num_samples for r in aggregated), "kept_samples": kept_samples,
@@ -174,6 +208,8 @@ def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float
         row[f"bytes.{kind}"] = sum(r.bytes.get(kind, 0) for r in ran)
     row["bytes.down"] = sum(row[f"bytes.{k}"] for k in DOWN)
     row["bytes.up"] = sum(row[f"bytes.{k}"] for k in KINDS if k not in DOWN)
+    for column in MessageFaults().columns():
+        row[column] = sum(o.faults.columns()[column] for o in outcomes)
     return row
 
 
@@ -195,21 +231,34 @@ def client_rows(row: dict, outcomes: list[Outcome]) -> list[dict]:
                         "sim.compute_seconds": t.compute, "sim.comm_seconds": t.comm,
                         "sim.server_seconds": t.server, "sim.queue_seconds": t.queue,
                         "sim.finish_seconds": t.finish,
-                        "sim.idle_seconds": max(row["sim.round_seconds"] - t.finish, 0.0)})
+                        "sim.idle_seconds": max(row["sim.round_seconds"] - t.finish, 0.0),
+                        **o.faults.columns()})
         rows.append(out)
     return rows
 
 
-def run_rounds(world: World, backend: Backend) -> Iterator[tuple[dict, list[Outcome]]]:
-    """The federated loop; yields each round's row and the outcome of every sampled client."""
+def initial_progress(world: World) -> Progress:
+    """The loop's state before round 1: the model's own trainable state as global state."""
+    return Progress({k: v.clone() for k, v in client_state(world.split.client()).items()})
+
+
+def run_rounds(world: World, backend: Backend,
+               progress: Progress | None = None) -> Iterator[tuple[dict, list[Outcome]]]:
+    """The federated loop; yields each round's row and the outcome of every sampled client.
+
+    It continues from `progress` (a checkpoint's; default: before round 1) and updates
+    it in place before each yield, so the caller can checkpoint it after any round.
+    """
     cfg = world.cfg
     aggregate = AGGREGATIONS[cfg.fed.aggregation]
+    # A rule that keeps state between rounds takes it as `memory` (checkpoint.Progress).
+    keeps_memory = "memory" in inspect.signature(aggregate).parameters
     protocol = PROTOCOLS[cfg.fed.protocol]
-    global_state = {k: v.clone() for k, v in
-                    parameters_by_name(world.split.client(), trainable=True).items()}
-    visited: set[int] = set()
-    elapsed = 0.0
-    for round_ in range(1, cfg.fed.rounds + 1):
+    progress = progress if progress is not None else initial_progress(world)
+    server_trains = METHODS[cfg.train.method].server_trains
+    if server_trains and progress.server is not None:
+        backend.restore_server(progress.server)
+    for round_ in range(progress.round + 1, cfg.fed.rounds + 1):
         start = time.perf_counter()
         sampled = sample_clients(cfg, round_, protocol.sample_size(cfg.fed))
         online: list[int] = []
@@ -218,28 +267,54 @@ def run_rounds(world: World, backend: Backend) -> Iterator[tuple[dict, list[Outc
             there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
             (online if there else offline).append(c)
         tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
-                            first_visit=c not in visited)
+                            first_visit=c not in progress.visited,
+                            crash=client_crashes(cfg.faults, cfg.run.seed, round_, c))
                  for c in online]
-        visited.update(online)
-        results = sorted(backend.run_clients(tasks, global_state) if tasks else [],
+        crashed = {t.client for t in tasks if t.crash}
+        if crashed:
+            log.warning("round %d: injected crash of client(s) %s", round_, sorted(crashed))
+        if round_ == cfg.faults.server_crash_round:
+            log.warning("round %d: injected server crash", round_)
+            backend.crash_server()
+        results = sorted(backend.run_clients(tasks, progress.global_state) if tasks else [],
                          key=lambda r: r.client)
-        times = client_times(results, [world.profiles[r.client] for r in results], world.server,
-                             cfg.run.seed, round_)
+        progress.visited.update(r.client for r in results)  # the failed may not have the head
+        failed = sorted({t.client for t in tasks} - {r.client for r in results})
+        if set(failed) - crashed:
+            log.warning("round %d: client(s) %s failed: their work was lost",
+                        round_, sorted(set(failed) - crashed))
+        profiles = [world.profiles[r.client] for r in results]
+        times = client_times(results, profiles, world.server, cfg.run.seed, round_)
+        # Lost messages and delay spikes cost time on the client's link (faults.py).
+        faults = [message_faults(cfg.faults, lambda kind, n, p=p: message_seconds(p, kind, n),
+                                 r.bytes, r.messages, cfg.run.seed, round_, r.client)
+                  for r, p in zip(results, profiles)]
+        times = [dataclasses.replace(t, comm=t.comm + f.seconds) for t, f in zip(times, faults)]
         statuses, seconds = protocol.select(cfg.fed, [t.finish for t in times])
-        elapsed += seconds
-        outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t)
-                           for r, s, t in zip(results, statuses, times)]
-                          + [Outcome(c, world.profiles[c], "offline") for c in offline],
+        progress.elapsed += seconds
+        outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f)
+                           for r, s, t, f in zip(results, statuses, times, faults)]
+                          + [Outcome(c, world.profiles[c], "offline") for c in offline]
+                          + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
+                             for c in failed],
                           key=lambda o: o.client)
         aggregated = [o.result for o in outcomes if o.status == "ok"]
         if aggregated:
-            global_state = aggregate([r.state for r in aggregated],
-                                     [r.num_kept for r in aggregated])
+            memory = {"memory": progress.aggregation} if keeps_memory else {}
+            progress.global_state = aggregate([r.state for r in aggregated],
+                                              [r.num_kept for r in aggregated], **memory)
         else:
             log.warning("round %d: no client update to aggregate; the global state stays", round_)
-        accuracy, loss = backend.evaluate(global_state)
+        accuracy, loss = backend.evaluate(progress.global_state)
         row = round_row(round_, outcomes, accuracy, loss, time.perf_counter() - start, seconds,
-                        elapsed)
+                        progress.elapsed, int(round_ == cfg.faults.server_crash_round))
         if aggregated and not math.isfinite(row["train_loss"]):
             log.warning("round %d: training loss is %s", round_, row["train_loss"])
+        if row["faults.lost_messages"] or row["faults.delay_spikes"]:
+            log.info("round %d: %d lost messages resent (%d bytes), %d delay spikes", round_,
+                     row["faults.lost_messages"], row["faults.retransmitted_bytes"],
+                     row["faults.delay_spikes"])
+        progress.round = round_
+        if server_trains:
+            progress.server = backend.server_state()
         yield row, outcomes

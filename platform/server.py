@@ -62,3 +62,30 @@ class BodyServer:
         """FLOPs spent on `key` since the last call (the coordinator's per-client figure)."""
         with self._lock:
             return self.flops.pop(key, 0)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop what a client that failed mid-round left behind: its graph and FLOPs."""
+        with self._lock:
+            self._pending.pop(key, None)
+            self.flops.pop(key, 0)
+
+    def state_dict(self) -> dict:
+        """Body weights and optimizer state (copies on the CPU): what a checkpoint or a
+        restarted server needs when the body trains."""
+        with self._lock:
+            optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
+            return {"body": _on_cpu(self.body.state_dict()),
+                    "optimizer": None if optimizer is None else
+                    {"state": {i: _on_cpu(s) for i, s in optimizer["state"].items()},
+                     "param_groups": optimizer["param_groups"]}}
+
+    def load_state_dict(self, state: dict) -> None:
+        with self._lock:
+            self.body.load_state_dict(state["body"])
+            if self.optimizer is not None and state["optimizer"] is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _on_cpu(state: dict) -> dict:
+    """Copies of a state dict's tensors on the CPU (other values as they are)."""
+    return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in state.items()}

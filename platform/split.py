@@ -13,6 +13,8 @@ local-loss update.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +113,47 @@ def init_prompts(vit: VisionTransformer, length: int) -> torch.Tensor:
     return torch.empty(1, length, dim).uniform_(-bound, bound)  # (1, P, D)
 
 
+class ProbeNorm(nn.Module):
+    """Standardises the pooled feature before the classifier: batch statistics in
+    training steps, running statistics otherwise (EL2N scoring, evaluation). It is
+    BatchNorm without affine, the linear-probe head of MAE (He et al., 2022), and the
+    running statistics travel and are averaged with the classifier (client.State).
+
+    Why: pretrained features share one large common direction (DINOv2 ViT-S/14 on
+    MNIST: the mean feature's norm is 35, a single feature's 38). Under label skew each
+    client pushes the classifier's rows along it by its own class mix, and FedAvg of
+    those pushes favours whichever class most clients hold: a FedAvg linear probe on
+    Dirichlet(0.5) reached 0.37 after 5 rounds without this, 0.76 with it.
+    The running statistics describe the full path only: the local path's features are
+    another distribution (cosine 0.12 to the full path's in the case above), so it
+    always uses its own batch's statistics and never updates the running ones. A batch
+    of one has no statistics of its own and uses the running ones.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.local_path = False  # set by SplitModel.local while it runs
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, D)
+        if (self.training or self.local_path) and x.shape[0] > 1:
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            if self.training and not self.local_path:
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(x.var(0), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+
+def add_probe_norm(vit: VisionTransformer) -> None:
+    """Put a `ProbeNorm` in front of `vit`'s classifier (`head.norm`, `head.linear`)."""
+    vit.head = nn.Sequential(OrderedDict(norm=ProbeNorm(vit.head.in_features), linear=vit.head))
+
+
 @dataclass
 class SplitModel:
     """The three parts plus the local-path readout; `client` holds what a device stores."""
@@ -135,7 +178,25 @@ class SplitModel:
 
     def local(self, images: torch.Tensor) -> torch.Tensor:
         """The local path: head -> tail with the body skipped."""
-        return self.tail(self.head(images), pool=self.local_pool)
+        norms = [m for m in self.tail.modules() if isinstance(m, ProbeNorm)]
+        for m in norms:
+            m.local_path = True
+        try:
+            return self.tail(self.head(images), pool=self.local_pool)
+        finally:
+            for m in norms:
+                m.local_path = False
+
+    @contextmanager
+    def training(self):
+        """Training mode for the client's parts while a training step runs (batch
+        statistics in `ProbeNorm`; the model has no dropout or drop-path to switch);
+        evaluation mode otherwise."""
+        self.head.train(), self.tail.train()
+        try:
+            yield
+        finally:
+            self.head.eval(), self.tail.eval()
 
 
 def local_pool_for(model_pool: str, head_blocks: int, tail_blocks: int, choice: str) -> str:

@@ -63,30 +63,31 @@ def score_samples(split: SplitModel, batches: Batches, score: Score, generator: 
     return torch.cat(scores)  # (N,)
 
 
-def _train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], batches: Batches,
-                 optimizer: torch.optim.Optimizer, flops: Counter[str]) -> float:
+def _train_epoch(split: SplitModel, forward: Callable[[torch.Tensor], torch.Tensor],
+                 batches: Batches, optimizer: torch.optim.Optimizer, flops: Counter[str]) -> float:
     """One epoch of cross-entropy through `forward`, all on the client; mean loss."""
     total, count = 0.0, 0
-    for images, labels in batches:
-        with count_flops(flops, "client"):
-            loss = F.cross_entropy(forward(images), labels)
-            loss.backward()
-        apply_step(optimizer, loss)
-        total, count = total + loss_value(loss) * len(labels), count + len(labels)
+    with split.training():
+        for images, labels in batches:
+            with count_flops(flops, "client"):
+                loss = F.cross_entropy(forward(images), labels)
+                loss.backward()
+            apply_step(optimizer, loss)
+            total, count = total + loss_value(loss) * len(labels), count + len(labels)
     return total / max(count, 1)
 
 
 def local_loss_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
                       flops: Counter[str]) -> float:
     """One epoch of the local-loss update; returns the mean training loss."""
-    return _train_epoch(split.local, batches, optimizer, flops)
+    return _train_epoch(split, split.local, batches, optimizer, flops)
 
 
 def full_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
                 flops: Counter[str]) -> float:
     """One epoch on the full path (head -> body -> tail) with the whole model on the
     client, as the unsplit baselines train; nothing crosses. Returns the mean loss."""
-    return _train_epoch(split.forward, batches, optimizer, flops)
+    return _train_epoch(split, split.forward, batches, optimizer, flops)
 
 
 def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
@@ -95,24 +96,25 @@ def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Opt
     """One epoch of split training through `server` (BodyServer or a proxy to one);
     every tensor between client and server crosses `link`. Returns the mean loss."""
     total, count = 0.0, 0
-    for images, labels in batches:
-        with count_flops(flops, "client"):
-            smashed = split.head(images)  # (B, prefix + P + N, D)
-        head_trains = smashed.requires_grad
-        out = server.forward(key, link.send("smashed_up", smashed), input_grad=head_trains)
-        out = link.send("activations_down", out).requires_grad_(True)
-        with count_flops(flops, "client"):
-            loss = F.cross_entropy(split.tail(out), labels)
-            loss.backward()
-        # The gradient goes up only if someone upstream of the cut learns from it.
-        if head_trains or server_trains:
-            grad = server.backward(key, link.send("gradients_up", out.grad))
-            if head_trains:
-                grad = link.send("gradients_down", grad)
-                with count_flops(flops, "client"):
-                    smashed.backward(grad)
-        apply_step(optimizer, loss)
-        total, count = total + loss_value(loss) * len(labels), count + len(labels)
+    with split.training():  # batch statistics in the probe norm
+        for images, labels in batches:
+            with count_flops(flops, "client"):
+                smashed = split.head(images)  # (B, prefix + P + N, D)
+            head_trains = smashed.requires_grad
+            out = server.forward(key, link.send("smashed_up", smashed), input_grad=head_trains)
+            out = link.send("activations_down", out).requires_grad_(True)
+            with count_flops(flops, "client"):
+                loss = F.cross_entropy(split.tail(out), labels)
+                loss.backward()
+            # The gradient goes up only if someone upstream of the cut learns from it.
+            if head_trains or server_trains:
+                grad = server.backward(key, link.send("gradients_up", out.grad))
+                if head_trains:
+                    grad = link.send("gradients_down", grad)
+                    with count_flops(flops, "client"):
+                        smashed.backward(grad)
+            apply_step(optimizer, loss)
+            total, count = total + loss_value(loss) * len(labels), count + len(labels)
     return total / max(count, 1)
 
 

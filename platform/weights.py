@@ -73,10 +73,20 @@ def create_vit(
     return model
 
 
-@lru_cache(maxsize=None)  # config validation asks often; building on meta still costs ~0.3 s
 def model_depth(name: str) -> int:
     """Number of transformer blocks of timm ViT `name`, without allocating its weights."""
-    return len(_meta_vit(name).blocks)
+    return _geometry(name)[0]
+
+
+def model_patch_size(name: str) -> int:
+    """Side in pixels of the square patches of timm ViT `name`."""
+    return _geometry(name)[1]
+
+
+@lru_cache(maxsize=None)  # config validation asks often; building on meta still costs ~0.3 s
+def _geometry(name: str) -> tuple[int, int]:
+    model = _meta_vit(name)
+    return len(model.blocks), model.patch_embed.patch_size[0]
 
 
 def cache_dir() -> Path:

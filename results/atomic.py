@@ -93,8 +93,14 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
-    """Read a Parquet file; a missing file is the user's to fix, so it names the path."""
+    """Read a Parquet file; a missing file is the user's to fix, so it names the path.
+
+    The file is opened once and read through that handle: given a path, pyarrow stats
+    and opens it twice (schema, then scan), and a writer's rename in between yields a
+    mix of two versions ("Page was smaller than expected") while a run is writing.
+    """
     path = Path(path)
     if not path.is_file():
         raise SfpromptError(f"no such result file: {path}")
-    return pd.read_parquet(path, engine="pyarrow")
+    with open(path, "rb") as f:
+        return pd.read_parquet(f, engine="pyarrow")

@@ -1,6 +1,7 @@
 """The `sfprompt` command. Only this module prints.
 
     sfprompt run    [--config FILE] [key=value ...]   run a simulation, write runs/<id>/
+    sfprompt resume RUN_DIR                           continue a killed, interrupted or failed run
     sfprompt config [--config FILE] [key=value ...]   print the resolved configuration
     sfprompt profiles                                 list the device and server tiers
     sfprompt study run FILE [--dir DIR] [--parallel N]  run an Optuna study (studies/)
@@ -52,6 +53,17 @@ def cmd_run(args) -> int:
           f"({cfg.model.weights} weights), {cfg.fed.num_clients} clients, "
           f"{cfg.fed.clients_per_round} per round, {cfg.fed.rounds} rounds", flush=True)
     run_dir = run_experiment(cfg, on_round=_progress(cfg.fed.rounds), make_backend=make_backend)
+    print(f"results: {run_dir}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from sfprompt.actors.backend import make_backend
+    from sfprompt.platform.config import load_config
+    from sfprompt.platform.experiment import resume_experiment
+    rounds = load_config(f"{args.dir}/config.toml").fed.rounds  # a missing file: one line
+    print(f"sfprompt: resuming {args.dir}", flush=True)
+    run_dir = resume_experiment(args.dir, on_round=_progress(rounds), make_backend=make_backend)
     print(f"results: {run_dir}")
     return 0
 
@@ -235,6 +247,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted overrides, e.g. fed.rounds=20 prune.keep=0.3")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("resume", help="continue a killed, interrupted or failed run")
+    p.add_argument("dir", metavar="RUN_DIR")
+    p.set_defaults(fn=cmd_resume)
     sub.add_parser("profiles", help="list the device and server tiers").set_defaults(fn=cmd_profiles)
     study = sub.add_parser("study", help="Optuna studies over split, prompt, keep, ...")
     actions = study.add_subparsers(dest="action", required=True)

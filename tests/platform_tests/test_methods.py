@@ -28,10 +28,10 @@ EXPECTED = {
                 kinds={"download", "upload"} | CUT),
     "fl": dict(trains=lambda n: True, body="client", body_trains=True, prompts=False,
                kinds={"download", "upload"}),
-    "fl_prompt": dict(trains=lambda n: n in ("head.prompts", "tail.head.weight", "tail.head.bias"),
+    "fl_prompt": dict(trains=lambda n: n in ("head.prompts", "tail.head.linear.weight", "tail.head.linear.bias"),
                       body="client", body_trains=False, prompts=True,
                       kinds={"head_download", "download", "upload"}),
-    "centralized": dict(trains=lambda n: n in ("head.prompts", "tail.head.weight", "tail.head.bias"),
+    "centralized": dict(trains=lambda n: n in ("head.prompts", "tail.head.linear.weight", "tail.head.linear.bias"),
                         body="client", body_trains=False, prompts=True, kinds=set()),
 }
 TINY_CFG = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=16",

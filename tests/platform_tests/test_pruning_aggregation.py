@@ -22,12 +22,26 @@ def test_keep_count(n, keep, k):
     assert keep_count(n, keep) == k
 
 
-def test_select_hardest_keeps_highest_scores_and_breaks_ties_by_position():
+def test_select_hardest_keeps_highest_scores():
     scores = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.2])
-    assert select_hardest(scores, 0.4).tolist() == [1, 3]
-    assert select_hardest(scores, 0.6).tolist() == [1, 2, 3]
-    assert select_hardest(torch.ones(4), 0.5).tolist() == [0, 1]
-    assert select_hardest(scores, 1.0).tolist() == [0, 1, 2, 3, 4]
+    g = torch.Generator().manual_seed(0)
+    assert select_hardest(scores, 0.4, g).tolist() == [1, 3]
+    assert select_hardest(scores, 0.6, g).tolist() == [1, 2, 3]
+    assert select_hardest(scores, 1.0, g).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_select_hardest_breaks_ties_at_random_by_seed():
+    # All tied (a uniform classifier's EL2N): a seeded random half, not the first half,
+    # which on a class-grouped shard would be whole classes.
+    tied = torch.ones(100)
+    picks = [select_hardest(tied, 0.5, torch.Generator().manual_seed(s)).tolist() for s in (0, 0, 1)]
+    assert picks[0] == picks[1] != picks[2]
+    assert len(picks[0]) == 50 and picks[0] == sorted(picks[0])
+    assert picks[0] != list(range(50)) and max(picks[0]) >= 50
+    # Ties among the highest only: the strictly harder sample is always kept.
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.5])
+    kept = select_hardest(scores, 0.5, torch.Generator().manual_seed(3)).tolist()
+    assert 1 in kept and len(kept) == 2
 
 
 @pytest.mark.parametrize("name", sorted(SCORES))

@@ -4,7 +4,7 @@ import torch
 from tinyvit import TINY, VARIANTS, tiny_vit
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.methods import METHODS, set_trainable
-from sfprompt.platform.split import split_vit
+from sfprompt.platform.split import ProbeNorm, add_probe_norm, split_vit
 
 DEPTH = TINY["depth"]
 SPLITS = [(h, t) for h in range(DEPTH + 1) for t in range(DEPTH + 1 - h)]
@@ -67,3 +67,35 @@ def test_gradients_reach_exactly_prompts_and_tail(variant):
 def test_impossible_split_is_an_error():
     with pytest.raises(SfpromptError, match="split"):
         split_vit(tiny_vit("vit"), 3, 2, prompt_length=0)
+
+
+def test_probe_norm_is_batchnorm_without_affine():
+    """Independent truth: torch's own BatchNorm1d(affine=False), in training (batch
+    statistics, running update) and in evaluation (running statistics)."""
+    probe, bn = ProbeNorm(6), torch.nn.BatchNorm1d(6, affine=False)
+    x = torch.randn(8, 6) * 3 + 5
+    for module in (probe, bn):
+        module.train()
+    torch.testing.assert_close(probe(x), bn(x))
+    torch.testing.assert_close(probe.running_mean, bn.running_mean)
+    torch.testing.assert_close(probe.running_var, bn.running_var)
+    for module in (probe, bn):
+        module.eval()
+    y = torch.randn(3, 6)
+    torch.testing.assert_close(probe(y), bn(y))
+
+
+def test_probe_norm_batch_of_one_and_local_path_leave_running_statistics():
+    vit = tiny_vit()
+    add_probe_norm(vit)
+    split = split_vit(vit, 1, 1, prompt_length=2)
+    norm = vit.head.norm
+    before = norm.running_mean.clone()
+    with split.training():
+        split.local(torch.randn(4, 3, 32, 32))  # another distribution: not recorded
+        assert torch.equal(norm.running_mean, before)
+        one = split.forward(torch.randn(1, 3, 32, 32))  # no statistics of its own
+        assert torch.isfinite(one).all() and torch.equal(norm.running_mean, before)
+        split.forward(torch.randn(4, 3, 32, 32))
+        assert not torch.equal(norm.running_mean, before)
+    assert not norm.training and not split.tail.training  # back to evaluation mode

@@ -216,5 +216,10 @@ def test_model_depth_without_allocating(name, depth):
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.parametrize(("name", "patch"), [(TINY, 16), (DINO, 14)])
+def test_model_patch_size(name, patch):
+    assert weights.model_patch_size(name) == patch
+
+
 def test_registry_holds_the_named_sources():
     assert set(weights.WEIGHT_SOURCES) == {"offline", "random", "hub"}

@@ -1,0 +1,152 @@
+"""Faults on the Ray backend, with real processes dying: client actors exit or are
+killed, the server actor crashes or is killed; runs complete, record what happened,
+and (where nothing was lost for good) equal the local reference number for number."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import ray
+
+from sfprompt.actors.backend import RayBackend, make_backend
+from sfprompt.platform.config import load_config
+from sfprompt.platform.experiment import run_experiment
+from sfprompt.platform.faults import client_crashes
+from sfprompt.platform.rounds import sample_clients
+from sfprompt.results.tables import read_clients, read_rounds
+
+NOT_COMPARED = ("wall_seconds", "run_id", "run.run_id", "run.backend")
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def _runs(tmp_path, overrides, on_ray_round=None):
+    """The local reference and the ray run of `overrides`; the ray backend's pids (and
+    replaced client actors) after each round; `on_ray_round(backend, row)` runs after
+    each ray round."""
+    dirs, pids, backends = {}, [], []
+
+    def factory(world):
+        backends.append(make_backend(world))
+        return backends[-1]
+
+    def after(row):
+        backend = backends[-1]
+        pids.append({"server": ray.get(backend.server.pid.remote(), timeout=60),
+                     "clients": ray.get([a.pid.remote() for a in backend.pool.actors],
+                                        timeout=60),
+                     "replaced": backend.pool.replaced})
+        if on_ray_round is not None:
+            on_ray_round(backend, row)
+
+    for name in ("local", "ray"):
+        cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
+                                             f"run.backend={name}", "run.threads=1",
+                                             "ray.num_client_actors=2"])
+        dirs[name] = run_experiment(cfg, make_backend=factory,
+                                    on_round=after if name == "ray" else lambda row: None)
+    assert isinstance(backends[-1], RayBackend)
+    return dirs, pids
+
+
+def _assert_same(dirs):
+    for read in (read_rounds, read_clients):
+        local, remote = read(dirs["local"]), read(dirs["ray"])
+        columns = [c for c in local.columns if c not in NOT_COMPARED]
+        pd.testing.assert_frame_equal(remote[columns], local[columns], check_exact=True)
+
+
+def test_injected_client_and_server_crashes_kill_processes_and_change_no_number(
+        ray_instance, tmp_path, tiny):
+    overrides = tiny + ["faults.client_crash=0.3", "faults.server_crash_round=2",
+                        "faults.message_loss=0.1", "faults.delay_spike=0.1"]
+    cfg = load_config(None, overrides)
+    crashes = [c for r in (1, 2) for c in sample_clients(cfg, r)
+               if client_crashes(cfg.faults, 0, r, c)]
+    assert crashes  # the seed makes clients crash, or this test would test nothing
+    dirs, pids = _runs(tmp_path, overrides)
+    _assert_same(dirs)
+    rounds = read_rounds(dirs["ray"])
+    assert rounds["failed"].sum() == len(crashes) == rounds["faults.client_crashes"].sum()
+    assert rounds["faults.server_crashes"].tolist() == [0, 1]
+    assert pids[0]["server"] != pids[1]["server"]  # the server's process really died
+    assert pids[-1]["replaced"] == len(crashes)  # and so did each crashed client's
+    log = (dirs["ray"] / "run.log").read_text()
+    assert "the server actor was lost" in log and "client actor(s) died running" in log
+
+
+@pytest.mark.slow  # two real server restarts: 20-35 s on the shared 2-core host
+def test_sfl_server_killed_between_and_inside_rounds_restores_its_body(ray_instance, tmp_path,
+                                                                       tiny):
+    # After round 1 the server is killed from outside (Ray restarts it, no request
+    # notices: the restart is caught by its incarnation); in round 2 an injected crash
+    # kills it mid-round, and the round starts over from the coordinator's copy.
+    def kill_server(backend, row):
+        if row["round"] != 1:
+            return
+        before = ray.get(backend.server.pid.remote(), timeout=60)
+        ray.kill(backend.server, no_restart=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # restarted before round 2, not during it
+            try:
+                if ray.get(backend.server.pid.remote(), timeout=60) != before:
+                    return
+            except ray.exceptions.RayActorError:
+                pass  # between the old process and the new one
+            time.sleep(0.1)
+        raise AssertionError("the server actor did not restart")
+
+    overrides = tiny + ["train.method=sfl", "fed.clients_per_round=2",
+                        "faults.server_crash_round=2"]
+    dirs, _ = _runs(tmp_path, overrides, kill_server)
+    _assert_same(dirs)
+    log = (dirs["ray"] / "run.log").read_text()
+    assert "restoring its body from the coordinator" in log
+    assert "the server actor was lost; after its restart, the round starts over" in log
+
+
+def test_client_actor_killed_fails_one_client_and_is_replaced(ray_instance, tmp_path, tiny):
+    def kill_actor(backend, row):
+        if row["round"] == 1:
+            pid = ray.get(backend.pool.actors[0].pid.remote(), timeout=60)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the process is gone before round 2
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+
+    dirs, pids = _runs(tmp_path, tiny, kill_actor)
+    rounds, clients = read_rounds(dirs["ray"]), read_clients(dirs["ray"])
+    assert rounds["failed"].tolist() == [0, 1] and rounds["faults.client_crashes"].sum() == 0
+    failed = clients[clients["status"] == "failed"]
+    assert len(failed) == 1 and failed["flops.client"].isna().all()
+    assert (rounds["participants"] + rounds["failed"] + rounds["offline"]
+            == rounds["sampled"]).all()
+    assert [p["replaced"] for p in pids] == [0, 1]
+    assert pids[0]["clients"][0] not in pids[1]["clients"]
+    assert "failed: their work was lost" in (dirs["ray"] / "run.log").read_text()
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path, tiny):
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "sfprompt", "run", *tiny,
+                           f"run.out_dir={tmp_path}", "ray.address=127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("sfprompt: error: ray.address: cannot reach 127.0.0.1:1 (")
+    assert done.stderr.count("\n") == 1
+    assert time.monotonic() - start < 60
+    assert not any(tmp_path.iterdir())  # refused before a run directory exists
