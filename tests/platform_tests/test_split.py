@@ -70,13 +70,14 @@ def test_impossible_split_is_an_error():
 
 
 def test_probe_norm_is_batchnorm_without_affine():
-    """Independent truth: torch's own BatchNorm1d(affine=False), in training (batch
-    statistics, running update) and in evaluation (running statistics)."""
-    probe, bn = ProbeNorm(6), torch.nn.BatchNorm1d(6, affine=False)
-    x = torch.randn(8, 6) * 3 + 5
+    """Independent truth: torch's own BatchNorm1d(affine=False, momentum=None), in
+    training (batch statistics, cumulative running average) and in evaluation."""
+    probe, bn = ProbeNorm(6), torch.nn.BatchNorm1d(6, affine=False, momentum=None)
     for module in (probe, bn):
         module.train()
-    torch.testing.assert_close(probe(x), bn(x))
+    for _ in range(3):
+        x = torch.randn(8, 6) * 3 + 5
+        torch.testing.assert_close(probe(x), bn(x))
     torch.testing.assert_close(probe.running_mean, bn.running_mean)
     torch.testing.assert_close(probe.running_var, bn.running_var)
     for module in (probe, bn):
@@ -99,3 +100,10 @@ def test_probe_norm_batch_of_one_and_local_path_leave_running_statistics():
         split.forward(torch.randn(4, 3, 32, 32))
         assert not torch.equal(norm.running_mean, before)
     assert not norm.training and not split.tail.training  # back to evaluation mode
+    # A new pass restarts the average: its statistics are the new batch's alone.
+    x = torch.randn(4, 3, 32, 32)
+    with split.training():
+        split.forward(x)
+    with torch.no_grad():
+        pooled = split.tail.norm(split.tail.blocks(split.body(split.head(x))))[:, 0]
+    torch.testing.assert_close(norm.running_mean, pooled.mean(0))
