@@ -10,7 +10,8 @@ from tinyvit import tiny_vit
 from sfprompt.platform.accounting import nbytes
 from sfprompt.platform.client import ClientTask, Device
 from sfprompt.platform.config import load_config
-from sfprompt.platform.methods import METHODS, prompt_length, set_trainable, world_config
+from sfprompt.platform.methods import (METHODS, make_optimizer, prompt_length, set_trainable,
+                                       world_config)
 from sfprompt.platform.rounds import build_split, build_world
 from sfprompt.platform.server import BodyServer
 from sfprompt.platform.split import split_vit
@@ -157,3 +158,22 @@ def test_the_body_moves_to_the_client_only_for_unsplit_methods():
     body = {f"body.{n}" for n, _ in split.body.named_parameters()}
     assert names["fl_prompt"] - names["sfprompt"] == body
     assert names["sfprompt"] <= names["fl_prompt"]
+
+
+@pytest.mark.parametrize("name,kind", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])
+def test_optimizer_has_one_learning_rate_per_kind_of_parameter(name, kind):
+    cfg = _cfg("sfprompt", f"train.optimizer={name}", "train.prompt_lr=0.3", "train.lr=0.2",
+               "train.pretrained_lr=0.1", "train.momentum=0.5")
+    split, _ = build_split(cfg, num_classes=10)
+    device = Device(split, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.zeros(1, dtype=torch.long),
+                    img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    optimizer = make_optimizer(cfg, device)
+    assert isinstance(optimizer, kind)
+    names = {id(p): n for n, p in split.client().named_parameters()}
+    groups = {g["lr"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
+    assert groups[0.3] == {"head.prompts"}
+    assert groups[0.2] == {"tail.head.linear.weight", "tail.head.linear.bias"}
+    assert groups[0.1] and all(n.startswith("tail.") and not n.startswith("tail.head.")
+                               for n in groups[0.1])
+    if name == "sgd":
+        assert all(g["momentum"] == 0.5 for g in optimizer.param_groups)
