@@ -184,9 +184,12 @@ class SplitModel:
         """The full path, head -> body -> tail, in one process (evaluation, tests)."""
         return self.tail(self.body(self.head(images)))
 
+    def _probe_norms(self) -> list[ProbeNorm]:
+        return [m for m in self.tail.modules() if isinstance(m, ProbeNorm)]
+
     def local(self, images: torch.Tensor) -> torch.Tensor:
         """The local path: head -> tail with the body skipped."""
-        norms = [m for m in self.tail.modules() if isinstance(m, ProbeNorm)]
+        norms = self._probe_norms()
         for m in norms:
             m.local_path = True
         try:
@@ -201,9 +204,8 @@ class SplitModel:
         statistics in `ProbeNorm`; the model has no dropout or drop-path to switch);
         evaluation mode otherwise."""
         self.head.train(), self.tail.train()
-        for m in self.tail.modules():
-            if isinstance(m, ProbeNorm):
-                m.batches = 0
+        for m in self._probe_norms():
+            m.batches = 0
         try:
             yield
         finally:
