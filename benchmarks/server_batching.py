@@ -2,7 +2,7 @@
 backward of k client requests one by one vs as one concatenated batch.
 
     python benchmarks/server_batching.py [--requests 4] [--batch 32] [--threads 1 2]
-                                         [--repeats 5] [key=value ...]
+                                         [--repeats 5] [--device cpu|cuda] [key=value ...]
 
 Uses the body of the configured split (default: DINOv2 ViT-S/14 at 56 px, h = t = 1)
 on random smashed activations, alternating the two ways so host noise hits both, and
@@ -42,26 +42,32 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="where the body runs (cpu, cuda)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(None, args.overrides)
     split, _ = build_split(cfg, num_classes=10)
     with torch.no_grad():
         tokens = split.head(torch.zeros(1, 3, cfg.model.img_size, cfg.model.img_size)).shape[1:]
+    device = torch.device(args.device)
+    body = split.body.to(device)
     torch.manual_seed(0)
-    requests = [torch.randn(args.batch, *tokens) for _ in range(args.requests)]  # (B, T, D) each
-    print(f"{cfg.model.name} body ({len(split.body.blocks)} blocks) at {cfg.model.img_size} px, "
-          f"{args.requests} requests of {args.batch} x {tuple(tokens)}")
+    requests = [torch.randn(args.batch, *tokens).to(device)  # (B, T, D) each
+                for _ in range(args.requests)]
+    print(f"{cfg.model.name} body ({len(body.blocks)} blocks) at {cfg.model.img_size} px on "
+          f"{device}, {args.requests} requests of {args.batch} x {tuple(tokens)}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         best = {False: float("inf"), True: float("inf")}
         for _ in range(args.repeats):
             for batched in (False, True):
                 start = time.perf_counter()
-                serve(split.body, requests, batched)
+                serve(body, requests, batched)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # kernels run asynchronously
                 best[batched] = min(best[batched], time.perf_counter() - start)
-        same = all(torch.equal(a, b) for a, b in zip(serve(split.body, requests, False),
-                                                     serve(split.body, requests, True)))
+        same = all(torch.equal(a, b) for a, b in zip(serve(body, requests, False),
+                                                     serve(body, requests, True)))
         print(f"{threads} thread(s): one by one {best[False]:.3f} s, batched {best[True]:.3f} s, "
               f"speed-up {best[False] / best[True]:.2f}x, bit-identical {same}")
 

@@ -203,10 +203,10 @@ class RunConfig:
     # "ray": client actors and a server actor (see [ray]); "local": everything in this
     # process, the reference the ray backend reproduces number for number.
     backend: str = "ray"
-    # torch threads for client and server work, in this process and in every Ray actor
-    # (0 = torch's default in this process). Float results depend on the thread count,
-    # so both backends use this one figure; on a many-core node with many client actors
-    # set it to 1 to avoid oversubscription.
+    # torch threads for client and server work, in this process and in every Ray actor.
+    # Float results depend on the thread count: set, it is the one figure both backends
+    # use, and they agree bit for bit. 0 = torch's default in this process, shared among
+    # the Ray client actors (at least 1 each; actors/backend.py, actor_threads).
     threads: int = 0
 
 

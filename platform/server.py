@@ -38,7 +38,9 @@ class BodyServer:
         """Body output for `smashed`. The graph is kept for a backward call when the
         client wants the input gradient or the body itself trains."""
         keep = input_grad or self.trains
-        x = smashed.requires_grad_(input_grad)
+        # A leaf of our own: the caller's tensor may already be part of a graph (then
+        # x.grad would stay None) and, in-process, must not be changed under it.
+        x = smashed.detach().requires_grad_(input_grad)
         with self._lock:
             with count_flops(self.flops, key), torch.set_grad_enabled(keep):
                 out = self.body(x)

@@ -7,7 +7,8 @@ import pytest
 import ray
 import torch
 
-from sfprompt.actors.backend import RayBackend, make_backend, pool_shape, server_options
+from sfprompt.actors.backend import (RayBackend, actor_threads, make_backend, pool_shape,
+                                     server_options)
 from sfprompt.actors.clients import get_within
 from sfprompt.platform.config import RayConfig, load_config
 from sfprompt.platform.errors import ConfigError, SfpromptError
@@ -103,6 +104,14 @@ def test_resources_of_server_and_pool(ray_instance):
     assert pool_shape(RayConfig(), 0) == (2, 1.0)
     assert pool_shape(RayConfig(num_client_actors=4), 1) == (4, 0.25)  # 4 share 1 free CPU
     assert pool_shape(RayConfig(num_client_actors=1), 1) == (1, 1.0)
+
+
+def test_actor_threads_share_the_node_unless_set():
+    assert actor_threads(0, 1, 2) == 2  # this machine: one client actor keeps both cores
+    assert actor_threads(0, 15, 16) == 1  # a 16-core node: no 15 x 16 oversubscription
+    assert actor_threads(0, 4, 16) == 4
+    assert actor_threads(0, 8, 2) == 1  # at least one each
+    assert actor_threads(3, 15, 16) == 3  # run.threads wins: floats equal the local run's
 
 
 def test_remote_calls_time_out_with_a_one_line_error(ray_instance):

@@ -44,6 +44,9 @@ def test_server_lands_on_the_resource_node_and_clients_on_cpu_nodes(cluster, tmp
     # with CPUs left.
     head = {"node": cluster.head_node.node_id, "threads": 2, "device": "cpu"}
     assert backend.client_placements == [head, head]
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "completed"
+    assert run["ray"]["server"] == backend.server_placement  # where the body ran, on record
+    assert run["ray"]["clients"] == [head, head]
     assert len(read_rounds(run_dir)) == 1 and read_rounds(run_dir)["flops.server"][0] > 0
     assert not ray.is_initialized()  # the backend joined the cluster, so it left it

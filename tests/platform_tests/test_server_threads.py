@@ -36,3 +36,20 @@ def test_concurrent_clients_get_what_they_get_alone():
             assert torch.equal(out, want_out) and torch.equal(grad, want_grad)
         assert shared.take_flops(key) == expected_flops[key] > 0
     assert shared.take_flops(0) == 0 and not shared._pending
+
+
+def test_the_callers_tensor_is_left_alone_and_its_graph_does_not_hide_the_gradient():
+    # A caller's smashed tensor that is part of a graph (as a `.to(device)` copy of a
+    # tensor needing grad is) must still get the gradient, and must not be changed.
+    body = split_vit(tiny_vit("dinov2"), 1, 1, prompt_length=2).body
+    torch.manual_seed(0)
+    leaf = torch.randn(3, 1 + 2 + 16, 48, requires_grad=True)
+    in_graph = leaf * 1.0
+    server, reference = BodyServer(body), BodyServer(body)
+    server.forward("c", in_graph, input_grad=True)
+    grad = server.backward("c", torch.ones(3, 1 + 2 + 16, 48))
+    reference.forward("c", leaf.detach().clone(), input_grad=True)
+    assert torch.equal(grad, reference.backward("c", torch.ones(3, 1 + 2 + 16, 48)))
+    plain = torch.randn(3, 1 + 2 + 16, 48)
+    server.forward("c", plain, input_grad=True)
+    assert not plain.requires_grad and leaf.grad is None
