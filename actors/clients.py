@@ -101,7 +101,7 @@ class ClientActor:
 
     def __init__(self, cfg: Config, num_classes: int, norm: dict, images: np.ndarray,
                  labels: np.ndarray, server: ActorHandle | None, threads: int) -> None:
-        torch.set_num_threads(threads)  # the coordinator's count: same floats as local
+        torch.set_num_threads(threads)  # the count backend.actor_threads chose
         self.cfg = cfg
         self.method = METHODS[cfg.train.method]
         split, _ = build_split(cfg, num_classes)

@@ -47,7 +47,7 @@ class ServerActor:
     """Wraps `BodyServer` for remote use; create with `ray.remote(ServerActor).options(...)`."""
 
     def __init__(self, cfg: Config, num_classes: int, threads: int) -> None:
-        torch.set_num_threads(threads)  # the coordinator's count: same floats as local
+        torch.set_num_threads(threads)  # the count backend.actor_threads chose
         split, _ = build_split(cfg, num_classes)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # As LocalBackend builds it: the body is pretrained, so it steps at pretrained_lr.
