@@ -1,8 +1,11 @@
 """The comparison table: methods side by side over seeds, from their rounds.parquet.
 
 A comparison directory holds one run directory per method and seed (platform/
-compare.py). Each run is reduced to one row of metrics (`run_metrics`), and the runs of
-a method to mean and standard deviation over seeds (`summarise`):
+compare.py), or any completed runs put there (`sfprompt run run.out_dir=DIR`): runs of a
+method that differ in other settings are told apart as its variants (`name_variants`),
+so one directory compares codecs, keep ratios or split points as it compares methods.
+Each run is reduced to one row of metrics (`run_metrics`), and the runs of a variant to
+mean and standard deviation over seeds (`summarise`):
 
     accuracy.final / .best       last round's and best round's test accuracy
     rounds.to_target             first round at or above the target accuracy (mean
@@ -29,10 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sfprompt.platform.config import Config, flat_items
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.results.atomic import atomic_write_text, write_parquet
 from sfprompt.results.tables import ROUNDS, read_rounds
 
+# Settings in which runs of one variant may differ: the seed, and where they were written.
+SAME_VARIANT = ("run.seed", "run.run_id", "run.out_dir")
 TARGET_FRACTION = 0.8  # default target: this fraction of the best accuracy of any run
 RATIO_METRICS = ("flops.client.round", "flops.client.total", "bytes.round", "bytes.total")
 MB, GFLOP = 1e6, 1e9
@@ -63,7 +69,35 @@ def load_compare(compare_dir: str | Path) -> pd.DataFrame:
         for column in ("train.method", "run.seed"):
             if column not in frame.columns:
                 raise SfpromptError(f"{p / ROUNDS.filename} lacks column {column!r}")
+    name_variants(frames)
     return pd.concat(frames, ignore_index=True)
+
+
+def name_variants(frames: list[pd.DataFrame]) -> None:
+    """Add column `variant` to each run's rounds: its method, followed by each setting in
+    which that method's runs differ, e.g. `sfprompt compress.activations=int8`. Settings
+    that differ only between methods (centralized runs as one client) name nothing."""
+    keys = [k for k in flat_items(Config()) if k not in SAME_VARIANT
+            and all(k in frame.columns for frame in frames)]
+    settings = [{k: frame[k].iloc[0] for k in keys} for frame in frames]
+    for frame, setting in zip(frames, settings):
+        method = setting["train.method"]
+        peers = [s for s in settings if s["train.method"] == method]
+        differing = [k for k in keys if len({repr(s[k]) for s in peers}) > 1]
+        frame["variant"] = " ".join([method, *(f"{k}={setting[k]}" for k in differing)])
+
+
+def variants(rounds: pd.DataFrame) -> pd.Series:
+    """The variant of each row (the method where no variants were named)."""
+    return rounds["variant"] if "variant" in rounds.columns else rounds["train.method"]
+
+
+def in_order(names, order: Sequence[str] | None) -> list[str]:
+    """Variant names sorted, or grouped by method in the given order of methods."""
+    names = sorted(set(names))
+    if not order:
+        return names
+    return [n for method in order for n in names if n.split(" ", 1)[0] == method]
 
 
 def default_target(rounds: pd.DataFrame) -> float:
@@ -102,12 +136,14 @@ def run_metrics(run: pd.DataFrame, target: float) -> dict:
 
 def summarise(rounds: pd.DataFrame, target: float | None = None,
               order: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per method: every run metric's mean and std over seeds, `runs`,
-    `target` and `target.reached`, and the ratios to fl (when fl ran)."""
+    """One row per variant (column `method`; `order` lists methods): every run metric's
+    mean and std over seeds, `runs`, `target` and `target.reached`, and the ratios to
+    fl (when fl ran)."""
     target = default_target(rounds) if target is None else target
+    groups = rounds.groupby([variants(rounds), "run.seed"])
     per_run = pd.DataFrame([{"method": method, "seed": seed, **run_metrics(run, target)}
-                            for (method, seed), run in rounds.groupby(["train.method", "run.seed"])])
-    methods = list(order) if order else sorted(per_run["method"].unique())
+                            for (method, seed), run in groups])
+    methods = in_order(per_run["method"], order)
     rows = []
     for method in methods:
         runs = per_run[per_run["method"] == method]

@@ -4,7 +4,7 @@ matplotlib's object API without pyplot: no global figure state and no display ne
 so plotting works headless and in parallel workers. Files are written atomically.
 
     compare: accuracy_vs_round.png, accuracy_vs_bytes.png, accuracy_vs_time.png -- one
-             line per method, the mean over seeds at each round
+             line per method (or variant), the mean over seeds at each round
     run:     accuracy.png (accuracy and loss by round), traffic.png (bytes per round by
              kind), cost.png (accuracy against cumulative bytes and simulated time)
 """
@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from sfprompt.results.atomic import atomic_open
+from sfprompt.results.compare import in_order, variants
 
 MB = 1e6
 
@@ -30,18 +31,19 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _cumulative(rounds: pd.DataFrame) -> pd.DataFrame:
     """Per run: cumulative megabytes (all kinds) next to each round's accuracy."""
-    out = rounds.sort_values(["train.method", "run.seed", "round"]).copy()
+    out = rounds.assign(variant=variants(rounds)).sort_values(["variant", "run.seed", "round"])
     out["mb"] = (out["bytes.up"] + out["bytes.down"]) / MB
-    out["mb"] = out.groupby(["train.method", "run.seed"])["mb"].cumsum()
+    out["mb"] = out.groupby(["variant", "run.seed"])["mb"].cumsum()
     return out
 
 
 def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
                   order: list[str] | None = None) -> list[Path]:
-    """Accuracy against round, cumulative traffic and simulated time, by method."""
-    mean = _cumulative(rounds).groupby(["train.method", "round"], as_index=False)[
+    """Accuracy against round, cumulative traffic and simulated time, by variant
+    (results/compare.py: the method where runs vary in nothing else)."""
+    mean = _cumulative(rounds).groupby(["variant", "round"], as_index=False)[
         ["accuracy", "mb", "sim.elapsed_seconds"]].mean()
-    methods = order or sorted(mean["train.method"].unique())
+    methods = in_order(mean["variant"], order)
     axes = (("round", "round", "accuracy_vs_round.png", False),
             ("mb", "cumulative traffic (MB, log)", "accuracy_vs_bytes.png", True),
             ("sim.elapsed_seconds", "simulated time (s, log)", "accuracy_vs_time.png", True))
@@ -51,7 +53,7 @@ def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
         ax = fig.add_subplot()
         silent = []
         for i, method in enumerate(methods):  # colour by position: the same in every plot
-            m = mean[mean["train.method"] == method]
+            m = mean[mean["variant"] == method]
             if log and not (m[x] > 0).any():
                 silent.append(method)  # nothing to place on a log axis (no traffic)
                 continue

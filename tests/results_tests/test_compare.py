@@ -13,7 +13,8 @@ from sfprompt.platform.compare import compare_configs, run_compare
 from sfprompt.platform.config import load_config
 from sfprompt.platform.errors import ConfigError
 from sfprompt.results.compare import load_compare, summarise, to_markdown
-from sfprompt.results.tables import read_rounds
+from sfprompt.results.plots import compare_plots
+from sfprompt.results.tables import read_rounds, write_rounds
 
 
 def _rounds(method, seed, accuracy, up, down, flops, head=0):
@@ -120,3 +121,36 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     assert main(["report", str(compare_dir), "--target", "0.05"]) == 0
     assert "Target accuracy 0.0500" in (compare_dir / "compare.md").read_text()
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def _write_run(root, name, rows, **settings):
+    """A completed run directory holding `rows` as its rounds, with config `settings`."""
+    run_dir = root / name
+    run_dir.mkdir()
+    write_rounds(run_dir, [{**row, "loss": 1.0, "wall_seconds": 1.0, "participants": 1,
+                            **settings} for row in rows])
+    (run_dir / "run.json").write_text(json.dumps({"status": "completed"}))
+
+
+def test_runs_of_a_method_that_differ_in_a_setting_are_its_variants(tmp_path):
+    none, int8 = {"compress.activations": "none"}, {"compress.activations": "int8"}
+    _write_run(tmp_path, "a", _rounds("sfprompt", 0, [0.1, 0.5], 10, 20, 10), **none,
+               **{"fed.num_clients": 10})
+    _write_run(tmp_path, "b", _rounds("sfprompt", 1, [0.3, 0.7], 10, 20, 10), **none,
+               **{"fed.num_clients": 10})
+    _write_run(tmp_path, "c", _rounds("sfprompt", 0, [0.2, 0.4], 5, 10, 10), **int8,
+               **{"fed.num_clients": 10})
+    # Centralized runs always differ from the rest in fed.num_clients: no variant in that.
+    _write_run(tmp_path, "d", _rounds("centralized", 0, [0.9, 0.9], 0, 0, 10), **none,
+               **{"fed.num_clients": 1})
+    rounds = load_compare(tmp_path)
+    table = summarise(rounds, target=0.5, order=["sfprompt", "centralized"]).set_index("method")
+    assert list(table.index) == ["sfprompt compress.activations=int8",
+                                 "sfprompt compress.activations=none", "centralized"]
+    assert list(table["runs"]) == [1, 2, 1]
+    assert list(table["accuracy.final.mean"]) == pytest.approx([0.4, 0.6, 0.9])
+    assert table.loc["sfprompt compress.activations=int8", "bytes.total.mean"] == 2 * 15
+    assert "| sfprompt compress.activations=int8 | 1 |" in to_markdown(table.reset_index())
+    paths = compare_plots(rounds, tmp_path, ["sfprompt", "centralized"])
+    assert [p.name for p in paths] == ["accuracy_vs_round.png", "accuracy_vs_bytes.png",
+                                       "accuracy_vs_time.png"]
