@@ -44,7 +44,8 @@ def body_and_smashed(tiny, method="sfprompt"):
     return split.body, smashed
 
 
-def serve_once(server: BodyServer, smashed: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+def serve_once(server: BodyServer, smashed: torch.Tensor, device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One client's forward and backward, tensors crossing to `device` and back as the
     server actor moves them."""
     out = server.forward("c0", smashed.to(device), input_grad=True).cpu()
