@@ -1,6 +1,12 @@
-"""A tiny run configuration for the Ray tests: a small random ViT on 8x8 digits."""
+"""A tiny run configuration for the Ray tests (a small random ViT on 8x8 digits), and
+its rounds through both backends."""
 
+import pandas as pd
 import pytest
+import torch
+
+from sfprompt.actors.backend import RayBackend
+from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
 
 TINY = ["model.weights=random", "model.name=vit_tiny_patch16_224", "model.img_size=32",
         "data.name=digits", "data.max_samples=160", "data.test_fraction=0.05", "fed.num_clients=6",
@@ -12,3 +18,21 @@ TINY = ["model.weights=random", "model.name=vit_tiny_patch16_224", "model.img_si
 def tiny() -> list[str]:
     """Dotted overrides of the tiny run (a fresh list: tests may extend it)."""
     return list(TINY)
+
+
+@pytest.fixture
+def rounds_both_ways():
+    """`run(cfg) -> (local, ray, backend)`: the rounds of `cfg` (which sets run.threads)
+    through the in-process reference and through a fresh RayBackend, closed after."""
+    def run(cfg):
+        torch.set_num_threads(cfg.run.threads)
+        world = build_world(cfg)
+        local = pd.DataFrame([row for row, _ in run_rounds(world, LocalBackend(world))])
+        world = build_world(cfg)
+        backend = RayBackend(world)
+        try:
+            remote = pd.DataFrame([row for row, _ in run_rounds(world, backend)])
+        finally:
+            backend.close()
+        return local, remote, backend
+    return run

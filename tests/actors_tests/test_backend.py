@@ -5,7 +5,6 @@ import time
 import pandas as pd
 import pytest
 import ray
-import torch
 
 from sfprompt.actors.backend import (RayBackend, actor_threads, make_backend, pool_shape,
                                      server_options)
@@ -13,7 +12,7 @@ from sfprompt.actors.clients import get_within
 from sfprompt.platform.config import RayConfig, load_config
 from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
+from sfprompt.platform.rounds import LocalBackend
 from sfprompt.results.tables import read_clients, read_rounds
 
 
@@ -71,21 +70,13 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
 
 
 @pytest.mark.parametrize("method", ["sfl", "fl"])
-def test_other_methods_equal_the_local_reference(ray_instance, tiny, method):
+def test_other_methods_equal_the_local_reference(ray_instance, tiny, rounds_both_ways, method):
     # sfl trains the server's body (order-dependent: clients run one at a time, and
     # evaluation needs the server's body); fl has the whole model on the client and no
     # server actor at all.
     cfg = load_config(None, tiny + [f"train.method={method}", "run.threads=1", "fed.rounds=1",
                                     "fed.clients_per_round=3"])
-    torch.set_num_threads(1)
-    world = build_world(cfg)
-    local = pd.DataFrame([row for row, _ in run_rounds(world, LocalBackend(world))])
-    world = build_world(cfg)
-    backend = RayBackend(world)
-    try:
-        remote = pd.DataFrame([row for row, _ in run_rounds(world, backend)])
-    finally:
-        backend.close()
+    local, remote, backend = rounds_both_ways(cfg)
     pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
                                   local.drop(columns="wall_seconds"), check_exact=True)
     assert (remote["flops.server"] > 0).all() == (method == "sfl")

@@ -14,9 +14,9 @@ import pytest
 import ray
 import torch
 
-from sfprompt.actors.backend import RayBackend, server_options
+from sfprompt.actors.backend import server_options
 from sfprompt.platform.config import RayConfig, load_config
-from sfprompt.platform.rounds import LocalBackend, build_split, build_world, run_rounds
+from sfprompt.platform.rounds import build_split
 from sfprompt.platform.server import BodyServer
 
 pytestmark = [pytest.mark.gpu,
@@ -101,19 +101,11 @@ def ray_with_gpu():
 
 
 @pytest.mark.parametrize("method", ["sfprompt", "sfl"])
-def test_ray_server_actor_runs_the_body_on_the_gpu_and_matches_the_cpu_run(ray_with_gpu, tiny,
-                                                                            method):
+def test_ray_server_actor_runs_the_body_on_the_gpu_and_matches_the_cpu_run(
+        ray_with_gpu, tiny, rounds_both_ways, method):
     assert server_options(RayConfig()) == {"num_cpus": 1, "num_gpus": 1}
     cfg = load_config(None, tiny + [f"train.method={method}", "run.threads=1"])
-    torch.set_num_threads(1)
-    world = build_world(cfg)
-    local = pd.DataFrame([row for row, _ in run_rounds(world, LocalBackend(world))])
-    world = build_world(cfg)
-    backend = RayBackend(world)
-    try:
-        remote = pd.DataFrame([row for row, _ in run_rounds(world, backend)])
-    finally:
-        backend.close()
+    local, remote, backend = rounds_both_ways(cfg)
     assert backend.server_placement["device"] == "cuda"
     # Counts are exact whatever the device; losses agree up to float rounding, and
     # accuracy to within one test sample of the 8 (float noise can flip a near tie).
