@@ -40,6 +40,7 @@ from sfprompt.platform.config import Config
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.methods import METHODS
 from sfprompt.platform.network import emulate_network
+from sfprompt.platform.precision import autocast
 from sfprompt.platform.profiles import Profile
 from sfprompt.platform.rounds import build_split
 
@@ -124,7 +125,8 @@ class ClientActor:
             incarnation = self.server.incarnation()
             self.server.wait_seconds = 0.0
         start = time.perf_counter()
-        with emulate_network(self.cfg.network, profile, task.seed):
+        with emulate_network(self.cfg.network, profile, task.seed), \
+                autocast(self.cfg.run.precision):
             result = self.method.client_round(self.cfg, self.device, task, global_state,
                                               self.server)
         seconds = {"client_round": time.perf_counter() - start,

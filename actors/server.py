@@ -53,7 +53,7 @@ class ServerActor:
         # As LocalBackend builds it: the body is pretrained, so it steps at pretrained_lr.
         self.server = BodyServer(split.body.to(self.device),
                                  trains=METHODS[cfg.train.method].server_trains,
-                                 lr=cfg.train.pretrained_lr)
+                                 lr=cfg.train.pretrained_lr, precision=cfg.run.precision)
         self._busy = 0.0  # wall seconds inside the body, for "where the time goes"
         self._busy_lock = threading.Lock()
         self._crash = False  # an armed injected crash (module doc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -86,12 +86,62 @@ class Link:
 
 
 @contextlib.contextmanager
-def count_flops(total: Counter[str], key: str) -> Iterator[None]:
+def count_flops(total: Counter, key: Hashable) -> Iterator[None]:
     """Add the FLOPs of everything run inside (forward and backward) to `total[key]`."""
     mode = FlopCounterMode(display=False)
     with mode:
         yield
     total[key] += mode.get_total_flops()
+
+
+class Flops(Counter):
+    """FLOPs by key (`"client"`, or a client's key on the server), each distinct
+    computation counted once.
+
+    The FLOPs of a block of code depend only on what runs and on shapes, never on
+    values, so `count(key, *signature)` runs torch's counter the first time it sees a
+    `signature` and adds the remembered figure every later time. A signature names
+    what runs (the step and model part) and the shapes and gradient requirements of
+    its inputs; whatever else could change the count (which parameters train, grad
+    mode, the device) is added here. Counting under the FLOP counter costs a
+    TorchDispatchMode call per operator, which on a small model is a large part of a
+    step. `cache=None` counts every block afresh (the exactness tests compare both).
+    """
+
+    def __init__(self, cache: dict | None = None, context: Hashable = ()) -> None:
+        super().__init__()
+        self.cache = cache
+        self.context = context  # e.g. which parameters train, fixed for the meter's life
+
+    @contextlib.contextmanager
+    def count(self, key: Hashable, *signature: Hashable) -> Iterator[None]:
+        if self.cache is None:
+            with count_flops(self, key):
+                yield
+            return
+        full = (self.context, torch.is_grad_enabled(), *signature)
+        known = self.cache.get(full)
+        if known is not None:
+            yield
+            self[key] += known
+            return
+        counted: Counter = Counter()
+        with count_flops(counted, key):
+            yield
+        self.cache[full] = counted[key]
+        self[key] += counted[key]
+
+
+def trainable_signature(module: torch.nn.Module) -> tuple[bool, ...]:
+    """Which of `module`'s parameters train: part of every FLOP signature, since the
+    backward pass computes a weight gradient only for those."""
+    return tuple(p.requires_grad for p in module.parameters())
+
+
+def shape_of(t: torch.Tensor) -> tuple:
+    """What of a tensor a FLOP count can depend on: shape, whether it needs a
+    gradient, and the device type (kernels, and so counted formulas, differ)."""
+    return (tuple(t.shape), t.requires_grad, t.device.type)
 
 
 # --- attention on CPU: torch counts the CUDA kernels only (as of 2.14) -----------------

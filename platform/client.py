@@ -76,6 +76,9 @@ class Device:
         self.labels = labels  # (N,) int64
         self._norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
         self.client_model = split.client()
+        # FLOPs of each distinct step, counted once for every client this device serves
+        # (accounting.Flops); None counts every step afresh.
+        self.flop_cache: dict | None = {}
 
     def batches(self, indices: np.ndarray, batch_size: int,
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

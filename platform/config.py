@@ -173,6 +173,16 @@ class CompressConfig:
     gradients: str = "none"
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    # Evaluate the global model every N rounds, and always after the last round; the
+    # rows of the rounds in between have accuracy and loss NaN.
+    every: int = 1
+    # Evaluate on a fixed stratified subset of this many test samples, drawn once from
+    # run.seed (0 = the whole test set).
+    max_samples: int = 0
+
+
 # Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).
 BACKENDS = ("ray", "local")
 
@@ -208,6 +218,13 @@ class RunConfig:
     # use, and they agree bit for bit. 0 = torch's default in this process, shared among
     # the Ray client actors (at least 1 each; actors/backend.py, actor_threads).
     threads: int = 0
+    # Arithmetic of client, server and evaluation compute: "fp32", or "bf16" (autocast:
+    # matrix products in bfloat16, weights, optimizer state and everything that crosses
+    # the network stay fp32). FLOPs are counted the same; bytes follow the codecs.
+    precision: str = "fp32"
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -245,6 +262,7 @@ class Config:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
@@ -411,12 +429,12 @@ def validate(cfg: Config) -> None:
     _check(run_id == "" or (run_id not in (".", "..") and Path(run_id).name == run_id),
            "run.run_id", f"must be a plain directory name, got {run_id!r}")
     for key in ("split.head_blocks", "split.tail_blocks", "prompt.length",
-                "train.local_epochs", "train.split_epochs", "data.max_samples",
+                "train.local_epochs", "train.split_epochs", "data.max_samples", "eval.max_samples",
                 "run.threads", "ray.num_client_actors"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value >= 0, key, f"must be >= 0, got {value}")
-    for key in ("train.batch_size", "train.eval_batch_size", "fed.rounds",
+    for key in ("train.batch_size", "train.eval_batch_size", "eval.every", "fed.rounds",
                 "fed.num_clients", "fed.clients_per_round", "fed.shards_per_client",
                 "fed.min_samples"):
         section, name = key.split(".")
@@ -451,6 +469,7 @@ def validate(cfg: Config) -> None:
         ("train.method", cfg.train.method, METHODS),
         ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
         ("run.backend", cfg.run.backend, BACKENDS),
+        ("run.precision", cfg.run.precision, PRECISIONS),
         ("compress.activations", cfg.compress.activations, CODECS),
         ("compress.gradients", cfg.compress.gradients, CODECS),
     ):

@@ -31,14 +31,13 @@ SFPrompt's ablations are configuration (`prune.keep = 1`, `train.local_epochs = 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sfprompt.platform.accounting import Link
+from sfprompt.platform.accounting import Flops, Link, trainable_signature
 from sfprompt.platform.client import ClientResult, ClientTask, Device, State
 from sfprompt.platform.compression import cut_codecs
 from sfprompt.platform.config import Config, replace
@@ -135,7 +134,8 @@ class Session:
     def __init__(self, cfg: Config, device: Device, task: ClientTask, global_state: State,
                  federated: bool = True) -> None:
         self.cfg, self.device, self.task, self.federated = cfg, device, task, federated
-        self.link, self.flops = Link(cut_codecs(cfg.compress)), Counter()
+        self.link = Link(cut_codecs(cfg.compress))
+        self.flops = Flops(device.flop_cache, trainable_signature(device.client_model))
         if federated:
             frozen = device.frozen_state()
             if task.first_visit and frozen:

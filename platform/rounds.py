@@ -37,11 +37,12 @@ from sfprompt.platform.checkpoint import Progress
 from sfprompt.platform.client import ClientResult, ClientTask, Device, State, client_state
 from sfprompt.platform.clock import ClientTime, client_times, message_seconds
 from sfprompt.platform.config import Config
-from sfprompt.platform.datasets import ImageData, load_dataset
+from sfprompt.platform.datasets import ImageData, load_dataset, stratified_subset
 from sfprompt.platform.faults import MessageFaults, client_crashes, message_faults
 from sfprompt.platform.methods import METHODS, prompt_length, set_trainable, world_config
 from sfprompt.platform.network import emulate_network
 from sfprompt.platform.partition import partition
+from sfprompt.platform.precision import autocast
 from sfprompt.platform.profiles import Profile, ServerProfile, make_profiles, server_profile
 from sfprompt.platform.protocols import PROTOCOLS, is_online
 from sfprompt.platform.server import BodyServer
@@ -125,9 +126,9 @@ class LocalBackend:
         self.device = Device(world.split, world.data.train_images, world.data.train_labels,
                              **world.norm)
         self.server = BodyServer(world.split.body, trains=self.method.server_trains,
-                                 lr=cfg.train.pretrained_lr)
+                                 lr=cfg.train.pretrained_lr, precision=cfg.run.precision)
         self.test = Device(world.split, world.data.test_images, world.data.test_labels, **world.norm)
-        self._test_indices = np.arange(len(world.data.test_labels))
+        self._test_indices = evaluation_indices(cfg, world.data.test_labels.numpy())
         self.profiles = world.profiles
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
@@ -135,7 +136,8 @@ class LocalBackend:
         for task in tasks:
             if task.crash:  # the process running this client dies: its work is lost
                 continue
-            with emulate_network(self.cfg.network, self.profiles[task.client], task.seed):
+            with emulate_network(self.cfg.network, self.profiles[task.client], task.seed), \
+                    autocast(self.cfg.run.precision):
                 result = self.method.client_round(self.cfg, self.device, task, global_state,
                                                   self.server)
             result.server_flops = self.server.take_flops(task.client)
@@ -144,8 +146,9 @@ class LocalBackend:
 
     def evaluate(self, global_state: State) -> tuple[float, float]:
         self.test.load(global_state)
-        return evaluate(self.test.split,
-                        self.test.batches(self._test_indices, self.cfg.train.eval_batch_size))
+        with autocast(self.cfg.run.precision):
+            return evaluate(self.test.split,
+                            self.test.batches(self._test_indices, self.cfg.train.eval_batch_size))
 
     def server_state(self) -> dict:
         return self.server.state_dict()
@@ -156,6 +159,19 @@ class LocalBackend:
     def crash_server(self) -> None:
         """Here the server lives in the coordinator's process: the crash takes nothing
         with it, so there is nothing to recover (the ray backend really kills it)."""
+
+
+def evaluation_indices(cfg: Config, test_labels: np.ndarray) -> np.ndarray:
+    """The test samples every evaluation uses: all, or `eval.max_samples` of them in a
+    stratified subset drawn once from run.seed (the same in every process)."""
+    if 0 < cfg.eval.max_samples < len(test_labels):
+        return stratified_subset(test_labels, cfg.eval.max_samples, cfg.run.seed)
+    return np.arange(len(test_labels))
+
+
+def evaluates(cfg: Config, round_: int) -> bool:
+    """Whether round `round_` ends with an evaluation: every `eval.every`, and the last."""
+    return round_ % cfg.eval.every == 0 or round_ == cfg.fed.rounds
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -305,7 +321,8 @@ def run_rounds(world: World, backend: Backend,
                                               [r.num_kept for r in aggregated], **memory)
         else:
             log.warning("round %d: no client update to aggregate; the global state stays", round_)
-        accuracy, loss = backend.evaluate(progress.global_state)
+        accuracy, loss = (backend.evaluate(progress.global_state) if evaluates(cfg, round_)
+                          else (math.nan, math.nan))
         row = round_row(round_, outcomes, accuracy, loss, time.perf_counter() - start, seconds,
                         progress.elapsed, int(round_ == cfg.faults.server_crash_round))
         if aggregated and not math.isfinite(row["train_loss"]):

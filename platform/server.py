@@ -16,21 +16,23 @@ oversubscribe them).
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Hashable
 
 import torch
 from torch import nn
 
-from sfprompt.platform.accounting import count_flops
+from sfprompt.platform.accounting import Flops, shape_of, trainable_signature
+from sfprompt.platform.precision import autocast
 
 
 class BodyServer:
-    def __init__(self, body: nn.Module, trains: bool = False, lr: float = 1e-3) -> None:
+    def __init__(self, body: nn.Module, trains: bool = False, lr: float = 1e-3,
+                 precision: str = "fp32") -> None:
         self.body = body
         self.trains = trains
+        self.precision = precision  # run.precision (precision.py)
         self.optimizer = torch.optim.Adam(body.parameters(), lr=lr) if trains else None
-        self.flops: Counter[Hashable] = Counter()  # per client key, forward + backward
+        self.flops = Flops(cache={})  # per client key, forward + backward
         self._pending: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()  # one request at a time (module doc)
 
@@ -42,7 +44,9 @@ class BodyServer:
         # x.grad would stay None) and, in-process, must not be changed under it.
         x = smashed.detach().requires_grad_(input_grad)
         with self._lock:
-            with count_flops(self.flops, key), torch.set_grad_enabled(keep):
+            with torch.set_grad_enabled(keep), autocast(self.precision, x.device), \
+                    self.flops.count(key, "body.forward", shape_of(x),
+                                     trainable_signature(self.body)):
                 out = self.body(x)
             if keep:
                 self._pending[key] = (x, out)
@@ -53,7 +57,8 @@ class BodyServer:
         when the forward did not ask for it) and steps the body when it trains."""
         with self._lock:
             x, out = self._pending.pop(key)
-            with count_flops(self.flops, key):
+            with self.flops.count(key, "body.backward", shape_of(x),
+                                  trainable_signature(self.body)):
                 out.backward(grad_out)
             if self.optimizer is not None:
                 self.optimizer.step()

@@ -19,14 +19,13 @@ and nothing else here knows about meta.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfprompt.platform.accounting import Link, count_flops
+from sfprompt.platform.accounting import Flops, Link, shape_of
 from sfprompt.platform.pruning import Score
 from sfprompt.platform.split import SplitModel
 
@@ -53,23 +52,23 @@ def apply_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 @torch.no_grad()
 def score_samples(split: SplitModel, batches: Batches, score: Score, generator: torch.Generator,
-                  flops: Counter[str]) -> torch.Tensor:
+                  flops: Flops) -> torch.Tensor:
     """Hardness of every sample, in batch order, from the local path's logits."""
     scores = []
     for images, labels in batches:
-        with count_flops(flops, "client"):
+        with flops.count("client", "score", shape_of(images)):
             logits = split.local(images)
         scores.append(score(logits, labels, generator))
     return torch.cat(scores)  # (N,)
 
 
 def _train_epoch(split: SplitModel, forward: Callable[[torch.Tensor], torch.Tensor],
-                 batches: Batches, optimizer: torch.optim.Optimizer, flops: Counter[str]) -> float:
+                 batches: Batches, optimizer: torch.optim.Optimizer, flops: Flops) -> float:
     """One epoch of cross-entropy through `forward`, all on the client; mean loss."""
     total, count = 0.0, 0
     with split.training():
         for images, labels in batches:
-            with count_flops(flops, "client"):
+            with flops.count("client", "train", forward.__name__, shape_of(images)):
                 loss = F.cross_entropy(forward(images), labels)
                 loss.backward()
             apply_step(optimizer, loss)
@@ -78,32 +77,32 @@ def _train_epoch(split: SplitModel, forward: Callable[[torch.Tensor], torch.Tens
 
 
 def local_loss_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
-                      flops: Counter[str]) -> float:
+                      flops: Flops) -> float:
     """One epoch of the local-loss update; returns the mean training loss."""
     return _train_epoch(split, split.local, batches, optimizer, flops)
 
 
 def full_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
-                flops: Counter[str]) -> float:
+                flops: Flops) -> float:
     """One epoch on the full path (head -> body -> tail) with the whole model on the
     client, as the unsplit baselines train; nothing crosses. Returns the mean loss."""
     return _train_epoch(split, split.forward, batches, optimizer, flops)
 
 
 def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
-                 server, link: Link, key: Hashable, flops: Counter[str],
+                 server, link: Link, key: Hashable, flops: Flops,
                  server_trains: bool = False) -> float:
     """One epoch of split training through `server` (BodyServer or a proxy to one);
     every tensor between client and server crosses `link`. Returns the mean loss."""
     total, count = 0.0, 0
     with split.training():  # batch statistics in the probe norm
         for images, labels in batches:
-            with count_flops(flops, "client"):
+            with flops.count("client", "head", shape_of(images)):
                 smashed = split.head(images)  # (B, prefix + P + N, D)
             head_trains = smashed.requires_grad
             out = server.forward(key, link.send("smashed_up", smashed), input_grad=head_trains)
             out = link.send("activations_down", out).requires_grad_(True)
-            with count_flops(flops, "client"):
+            with flops.count("client", "tail", shape_of(out)):
                 loss = F.cross_entropy(split.tail(out), labels)
                 loss.backward()
             # The gradient goes up only if someone upstream of the cut learns from it.
@@ -111,7 +110,7 @@ def split_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Opt
                 grad = server.backward(key, link.send("gradients_up", out.grad))
                 if head_trains:
                     grad = link.send("gradients_down", grad)
-                    with count_flops(flops, "client"):
+                    with flops.count("client", "head.backward", shape_of(smashed)):
                         smashed.backward(grad)
             apply_step(optimizer, loss)
             total, count = total + loss_value(loss) * len(labels), count + len(labels)

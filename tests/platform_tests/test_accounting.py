@@ -2,7 +2,8 @@ from collections import Counter
 
 import torch
 
-from sfprompt.platform.accounting import KINDS, Link, count_flops, nbytes
+from sfprompt.platform.accounting import (KINDS, Flops, Link, count_flops, nbytes, shape_of,
+                                          trainable_signature)
 
 
 def test_linear_flops_are_2mnk():
@@ -24,6 +25,33 @@ def test_attention_flops_are_counted_on_cpu():
     with count_flops(total, "bwd"):
         out.sum().backward()
     assert total["bwd"] > total["fwd"]
+
+
+def _step(layers, flops, x):
+    with flops.count("client", "step", shape_of(x)):
+        layers(x).sum().backward()
+
+
+def test_flops_counts_each_signature_once_and_exactly():
+    m, n, k = 4, 6, 8
+    layers = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False), torch.nn.Linear(n, n, bias=False))
+    cache = {}
+    flops = Flops(cache, trainable_signature(layers))
+    _step(layers, flops, torch.randn(m, k))
+    _step(layers, flops, torch.randn(m, k))  # a hit
+    _step(layers, flops, torch.randn(1, k))  # another shape: counted
+    full = 2 * m * k * n + 2 * m * n * n  # forward
+    full += 2 * m * n * n + 2 * m * n * k + 2 * m * n * n  # weight grads, one input grad
+    assert flops["client"] == 2 * full + full // m and len(cache) == 2
+    # With the first layer frozen, backward computes only the second layer's weight
+    # gradient: the same shapes, a new signature.
+    layers[0].weight.requires_grad_(False)
+    frozen = Flops(cache, trainable_signature(layers))
+    _step(layers, frozen, torch.randn(m, k))
+    uncached = Flops()
+    _step(layers, uncached, torch.randn(m, k))
+    assert frozen["client"] == uncached["client"] == 2 * m * k * n + 2 * m * n * n + 2 * m * n * n
+    assert len(cache) == 3
 
 
 def test_link_counts_numel_times_element_size_and_copies():

@@ -1,13 +1,11 @@
 """Codecs of the tensors that cross the cut: bytes by hand, round-trip error bounds,
 and which traffic they apply to in a real split step."""
 
-from collections import Counter
-
 import pytest
 import torch
 
 from tinyvit import tiny_vit
-from sfprompt.platform.accounting import Link
+from sfprompt.platform.accounting import Flops, Link
 from sfprompt.platform.compression import CODECS, cut_codecs
 from sfprompt.platform.config import CompressConfig, load_config
 from sfprompt.platform.errors import ConfigError
@@ -89,7 +87,7 @@ def test_split_step_counts_encoded_bytes_and_learns_almost_the_same():
         set_trainable(split, METHODS["sfprompt"])
         capture = Capture(p for p in split.client().parameters() if p.requires_grad)
         link = Link(cut_codecs(CompressConfig(activations=codec, gradients=codec)))
-        split_update(split, [(x, y)], capture, BodyServer(split.body), link, key=0, flops=Counter())
+        split_update(split, [(x, y)], capture, BodyServer(split.body), link, key=0, flops=Flops())
         grads[codec] = capture.grads[0]
         per_token = 48 * 4 if codec == "none" else 48 + 4
         for kind in ("smashed_up", "activations_down", "gradients_up", "gradients_down"):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit import tiny_vit
-from sfprompt.platform.accounting import Link, count_flops, nbytes
+from sfprompt.platform.accounting import Flops, Link, count_flops, nbytes
 from sfprompt.platform.methods import METHODS, set_trainable
 from sfprompt.platform.server import BodyServer
 from sfprompt.platform.split import split_vit
@@ -64,7 +64,7 @@ def test_split_step_gradients_equal_unsplit_model(variant):
         p.grad = None
 
     capture = Capture(trainable)
-    split_update(split, [(x, y)], capture, BodyServer(split.body), Link(), key=0, flops=Counter())
+    split_update(split, [(x, y)], capture, BodyServer(split.body), Link(), key=0, flops=Flops())
     for got, want in zip(capture.grads[0], expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
@@ -73,7 +73,7 @@ def test_bytes_counted_equal_the_tensors_that_crossed():
     split, trainable, (x, y) = _setup(h=2, t=1, prompts=3)
     server, link = RecordingServer(split.body), Link()
     split_update(split, [(x, y), (x[:3], y[:3])], Capture(trainable), server, link, key=0,
-                 flops=Counter())
+                 flops=Flops())
     smashed = [server.received[0], server.received[2]]
     grads_up = [server.received[1], server.received[3]]
     assert link.bytes["smashed_up"] == sum(nbytes(t) for t in smashed)
@@ -90,7 +90,7 @@ def test_no_gradient_crosses_when_nothing_upstream_learns():
     split, trainable, (x, y) = _setup(prompts=0)
     link = Link()
     split_update(split, [(x, y)], Capture(trainable), BodyServer(split.body), link, key=0,
-                 flops=Counter())
+                 flops=Flops())
     assert link.bytes["gradients_up"] == 0 and link.bytes["gradients_down"] == 0
     assert link.bytes["smashed_up"] > 0
 
@@ -99,7 +99,7 @@ def test_local_loss_update_sends_nothing_and_changes_only_trainables():
     split, trainable, (x, y) = _setup()
     before = {n: p.clone() for n, p in split.client().named_parameters()}
     body_before = [p.clone() for p in split.body.parameters()]
-    flops = Counter()
+    flops = Flops()
     opt = torch.optim.SGD(trainable, lr=0.1)
     local_loss_update(split, [(x, y)], opt, flops)
     for n, p in split.client().named_parameters():
@@ -111,7 +111,7 @@ def test_local_loss_update_sends_nothing_and_changes_only_trainables():
 
 def test_server_flops_are_not_billed_to_the_client():
     split, trainable, (x, y) = _setup(h=1, t=1)
-    server, flops = BodyServer(split.body), Counter()
+    server, flops = BodyServer(split.body), Flops()
     split_update(split, [(x, y)], Capture(trainable), server, Link(), key=7, flops=flops)
     whole = Counter()
     with count_flops(whole, "all"):
