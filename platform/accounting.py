@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -63,7 +63,7 @@ class Link:
 
     def __init__(self, codecs: Mapping[str, Codec] | None = None) -> None:
         self.bytes: Counter[str] = Counter()
-        self.messages: Counter[str] = Counter()  # one per send: each pays the latency
+        self.messages: Counter[str] = Counter()
         self.codecs = dict(codecs or {})
 
     def send(self, kind: str, payload):
@@ -72,17 +72,27 @@ class Link:
             raise ValueError(f"unknown traffic kind {kind!r}")
         codec = self.codecs.get(kind) if isinstance(payload, torch.Tensor) else None
         wire = codec.encode(payload.detach()) if codec is not None else payload
-        size = nbytes(wire)
-        self.bytes[kind] += size
-        self.messages[kind] += 1
-        hook = _send_hook.get()
-        if hook is not None:
-            hook(kind, size)
+        self._count(kind, nbytes(wire))
         if codec is not None:
             return codec.decode(wire, payload.dtype)
         if isinstance(payload, torch.Tensor):
             return payload.detach().clone()
         return {name: t.detach().clone() for name, t in payload.items()}
+
+    def send_held(self, kind: str, payload: Mapping[str, torch.Tensor]) -> None:
+        """Send a state the receiver already holds bit for bit: counted like `send`, with
+        no copy to deliver. (The frozen head: every Device starts with the model's
+        frozen weights, so a first visit's download changes nothing it holds.)"""
+        if kind not in KINDS:
+            raise ValueError(f"unknown traffic kind {kind!r}")
+        self._count(kind, nbytes(payload))
+
+    def _count(self, kind: str, size: int) -> None:
+        self.bytes[kind] += size
+        self.messages[kind] += 1  # one per send: each pays the latency
+        hook = _send_hook.get()
+        if hook is not None:
+            hook(kind, size)
 
 
 @contextlib.contextmanager
@@ -132,10 +142,11 @@ class Flops(Counter):
         self[key] += counted[key]
 
 
-def trainable_signature(module: torch.nn.Module) -> tuple[bool, ...]:
-    """Which of `module`'s parameters train: part of every FLOP signature, since the
-    backward pass computes a weight gradient only for those."""
-    return tuple(p.requires_grad for p in module.parameters())
+def trainable_signature(parameters: Iterable[torch.nn.Parameter]) -> tuple[bool, ...]:
+    """Which of `parameters` train: part of every FLOP signature, since the backward
+    pass computes a weight gradient only for those. (Callers keep the list: walking a
+    model's modules for it costs more than a small step's FLOP count.)"""
+    return tuple(p.requires_grad for p in parameters)
 
 
 def shape_of(t: torch.Tensor) -> tuple:

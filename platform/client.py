@@ -76,6 +76,7 @@ class Device:
         self.labels = labels  # (N,) int64
         self._norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
         self.client_model = split.client()
+        self.parameters = list(self.client_model.parameters())
         # FLOPs of each distinct step, counted once for every client this device serves
         # (accounting.Flops); None counts every step afresh.
         self.flop_cache: dict | None = {}

@@ -135,11 +135,11 @@ class Session:
                  federated: bool = True) -> None:
         self.cfg, self.device, self.task, self.federated = cfg, device, task, federated
         self.link = Link(cut_codecs(cfg.compress))
-        self.flops = Flops(device.flop_cache, trainable_signature(device.client_model))
+        self.flops = Flops(device.flop_cache, trainable_signature(device.parameters))
         if federated:
-            frozen = device.frozen_state()
-            if task.first_visit and frozen:
-                self.link.send("head_download", frozen)
+            frozen = device.frozen_state() if task.first_visit else {}
+            if frozen:
+                self.link.send_held("head_download", frozen)
             global_state = self.link.send("download", global_state)
         device.load(global_state)
         self.generator = torch.Generator().manual_seed(task.seed)

@@ -31,6 +31,7 @@ class BodyServer:
         self.body = body
         self.trains = trains
         self.precision = precision  # run.precision (precision.py)
+        self._parameters = list(body.parameters())
         self.optimizer = torch.optim.Adam(body.parameters(), lr=lr) if trains else None
         self.flops = Flops(cache={})  # per client key, forward + backward
         self._pending: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -46,7 +47,7 @@ class BodyServer:
         with self._lock:
             with torch.set_grad_enabled(keep), autocast(self.precision, x.device), \
                     self.flops.count(key, "body.forward", shape_of(x),
-                                     trainable_signature(self.body)):
+                                     trainable_signature(self._parameters)):
                 out = self.body(x)
             if keep:
                 self._pending[key] = (x, out)
@@ -58,7 +59,7 @@ class BodyServer:
         with self._lock:
             x, out = self._pending.pop(key)
             with self.flops.count(key, "body.backward", shape_of(x),
-                                  trainable_signature(self.body)):
+                                  trainable_signature(self._parameters)):
                 out.backward(grad_out)
             if self.optimizer is not None:
                 self.optimizer.step()

@@ -174,6 +174,9 @@ class SplitModel:
     # centralized); set by `methods.set_trainable` from the method.
     client_body: bool = False
 
+    def __post_init__(self) -> None:
+        self._norms = [m for m in self.tail.modules() if isinstance(m, ProbeNorm)]
+
     def client(self) -> nn.ModuleDict:
         """The parameters that live on a client, named `head.*` and `tail.*` (and
         `body.*` when the whole model is on the client)."""
@@ -184,12 +187,9 @@ class SplitModel:
         """The full path, head -> body -> tail, in one process (evaluation, tests)."""
         return self.tail(self.body(self.head(images)))
 
-    def _probe_norms(self) -> list[ProbeNorm]:
-        return [m for m in self.tail.modules() if isinstance(m, ProbeNorm)]
-
     def local(self, images: torch.Tensor) -> torch.Tensor:
         """The local path: head -> tail with the body skipped."""
-        norms = self._probe_norms()
+        norms = self._norms
         for m in norms:
             m.local_path = True
         try:
@@ -200,16 +200,18 @@ class SplitModel:
 
     @contextmanager
     def training(self):
-        """Training mode for the client's parts while a training step runs (batch
-        statistics in `ProbeNorm`; the model has no dropout or drop-path to switch);
-        evaluation mode otherwise."""
-        self.head.train(), self.tail.train()
-        for m in self._probe_norms():
+        """Training mode while a training pass runs: batch statistics in `ProbeNorm`,
+        evaluation mode otherwise. The probe norms are the only modules with a training
+        mode to switch (the model is built without dropout or drop-path, rounds.py), so
+        only they are switched: setting a mode walks every submodule."""
+        for m in self._norms:
+            m.train()
             m.batches = 0
         try:
             yield
         finally:
-            self.head.eval(), self.tail.eval()
+            for m in self._norms:
+                m.eval()
 
 
 def local_pool_for(model_pool: str, head_blocks: int, tail_blocks: int, choice: str) -> str:
@@ -237,5 +239,7 @@ def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt
         param.requires_grad_(False)
     if head.prompts is not None:
         head.prompts.requires_grad_(False)
+    for part in (head, body, tail):  # in the model's mode, as their submodules are
+        part.train(vit.training)
     pool = local_pool_for(vit.global_pool, head_blocks, tail_blocks, local_pool)
     return SplitModel(head, body, tail, pool)

@@ -36,7 +36,7 @@ def test_flops_counts_each_signature_once_and_exactly():
     m, n, k = 4, 6, 8
     layers = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False), torch.nn.Linear(n, n, bias=False))
     cache = {}
-    flops = Flops(cache, trainable_signature(layers))
+    flops = Flops(cache, trainable_signature(layers.parameters()))
     _step(layers, flops, torch.randn(m, k))
     _step(layers, flops, torch.randn(m, k))  # a hit
     _step(layers, flops, torch.randn(1, k))  # another shape: counted
@@ -46,7 +46,7 @@ def test_flops_counts_each_signature_once_and_exactly():
     # With the first layer frozen, backward computes only the second layer's weight
     # gradient: the same shapes, a new signature.
     layers[0].weight.requires_grad_(False)
-    frozen = Flops(cache, trainable_signature(layers))
+    frozen = Flops(cache, trainable_signature(layers.parameters()))
     _step(layers, frozen, torch.randn(m, k))
     uncached = Flops()
     _step(layers, uncached, torch.randn(m, k))
