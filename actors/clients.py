@@ -35,6 +35,7 @@ import torch
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from sfprompt.actors.wire import from_wire, state_from_wire, state_to_wire, to_wire
 from sfprompt.platform.client import ClientResult, ClientTask, Device, State
 from sfprompt.platform.config import Config
 from sfprompt.platform.errors import SfpromptError
@@ -60,41 +61,47 @@ class ServerLost(Exception):
 
 
 class ServerProxy:
-    """The server actor as `split_update` sees a `BodyServer`: forward and backward."""
+    """The server actor as `split_update` sees a `BodyServer`: forward and backward.
+
+    Each reply carries the FLOPs the request cost and the server's incarnation, so a
+    client's server FLOPs arrive with its own work (a server lost after the client
+    finished takes nothing of it along), and a reply from another incarnation than the
+    client's first (the server restarted in between, losing what it held) loses the
+    client's work: `ServerLost`."""
 
     def __init__(self, server: ActorHandle, timeout_s: float) -> None:
         self.server = server
         self.timeout_s = timeout_s
-        self.wait_seconds = 0.0  # time spent waiting on the server since the last reset
+        self.start()
+
+    def start(self) -> None:
+        """Begin a client's work: no FLOPs, no incarnation, no wait seen yet."""
+        self.flops = 0
+        self.incarnation: str | None = None
+        self.wait_seconds = 0.0  # time spent waiting on the server
 
     def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool) -> torch.Tensor:
-        return self._call("forward", key, smashed, input_grad)
+        return from_wire(self._call("forward", key, to_wire(smashed), input_grad))
 
     def backward(self, key: Hashable, grad_out: torch.Tensor) -> torch.Tensor | None:
-        return self._call("backward", key, grad_out)
+        return from_wire(self._call("backward", key, to_wire(grad_out)))
 
-    def incarnation(self) -> str:
-        return self._call("incarnation")
-
-    def take_flops(self, key: Hashable, incarnation: str) -> int:
-        """The server's FLOPs for `key`, fetched with the client's own result (so that a
-        server lost after the client finished takes nothing of it along), provided the
-        server is still the `incarnation` the client's work started on."""
-        flops, now = self._call("take_flops", key)
-        if now != incarnation:  # it restarted in between: what it counted is gone
-            raise ServerLost("the server actor restarted during the client's work")
-        return flops
-
-    def _call(self, method: str, *args):
+    def _call(self, method: str, key: Hashable, *args):
         start = time.perf_counter()  # from the request's serialization to the reply's
         try:
-            ref = getattr(self.server, method).remote(*args)
-            return get_within(ref, self.timeout_s, f"the server's {method}"
-                              + (f" for client {args[0]}" if args else ""))
+            ref = getattr(self.server, method).remote(key, *args)
+            out, flops, incarnation = get_within(ref, self.timeout_s,
+                                                 f"the server's {method} for client {key}")
         except RayActorError as err:
             raise ServerLost(f"server actor lost during {method}: {type(err).__name__}") from None
         finally:
             self.wait_seconds += time.perf_counter() - start
+        if self.incarnation is None:
+            self.incarnation = incarnation
+        elif incarnation != self.incarnation:  # what the old one held is gone
+            raise ServerLost("the server actor restarted during the client's work")
+        self.flops += flops
+        return out
 
 
 class ClientActor:
@@ -122,17 +129,17 @@ class ClientActor:
         if task.crash:
             os._exit(1)  # an injected crash: the process is gone, no reply, no clean-up
         if self.server is not None:
-            incarnation = self.server.incarnation()
-            self.server.wait_seconds = 0.0
+            self.server.start()
         start = time.perf_counter()
         with emulate_network(self.cfg.network, profile, task.seed), \
                 autocast(self.cfg.run.precision):
-            result = self.method.client_round(self.cfg, self.device, task, global_state,
-                                              self.server)
+            result = self.method.client_round(self.cfg, self.device, task,
+                                              state_from_wire(global_state), self.server)
         seconds = {"client_round": time.perf_counter() - start,
                    "server_wait": self.server.wait_seconds if self.server else 0.0}
         if self.server is not None:
-            result.server_flops = self.server.take_flops(task.client, incarnation)
+            result.server_flops = self.server.flops
+        result.state = state_to_wire(result.state)
         return result, seconds
 
     def pid(self) -> int:
@@ -178,7 +185,7 @@ class ClientPool:
         are out at once, each to the actor with the fewest. Two per actor keep the next
         client queued at the actor while it runs one, so it never idles waiting for the
         coordinator to hear back and hand out more work."""
-        state_ref = ray.put(global_state)  # once per round, whatever the number of clients
+        state_ref = ray.put(state_to_wire(global_state))  # once per round, for every client
         queue = deque(tasks)
         # task ref -> (index of its actor, task), in submission order: an actor runs its
         # tasks in that order, which tells the one it was running when it died.
@@ -239,11 +246,13 @@ class ClientPool:
         self.actors = []
 
 
-def _get(ref: ray.ObjectRef, timeout_s: float):
+def _get(ref: ray.ObjectRef, timeout_s: float) -> tuple[ClientResult, Seconds]:
     """`ray.get` of a settled client task; a one-line error raised in the actor (e.g. a
     server request's timeout) comes back as itself, not as a remote traceback."""
     try:
-        return ray.get(ref, timeout=timeout_s)
+        result, seconds = ray.get(ref, timeout=timeout_s)
+        result.state = state_from_wire(result.state)
+        return result, seconds
     except RayTaskError as err:
         if isinstance(err.cause, (ServerLost, SfpromptError)):
             raise err.cause from None

@@ -37,6 +37,7 @@ from collections.abc import Hashable
 import ray
 import torch
 
+from sfprompt.actors.wire import from_wire, to_wire
 from sfprompt.platform.config import Config
 from sfprompt.platform.methods import METHODS
 from sfprompt.platform.rounds import build_split
@@ -61,27 +62,26 @@ class ServerActor:
         # sees it change knows the server lost what it held.
         self._incarnation = uuid.uuid4().hex
 
-    def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool) -> torch.Tensor:
+    def forward(self, key: Hashable, smashed, input_grad: bool) -> tuple:
+        """(body output, FLOPs of the request, incarnation): the reply clients.ServerProxy
+        reads, every tensor as numpy (wire.py)."""
         if self._crash:
             os._exit(1)  # no clean-up, no reply: the process is simply gone
         start = time.perf_counter()
-        out = self.server.forward(key, smashed.to(self.device), input_grad).cpu()
+        out = self.server.forward(key, from_wire(smashed).to(self.device), input_grad)
         self._add_busy(time.perf_counter() - start)
-        return out
+        return to_wire(out.cpu()), self.server.take_flops(key), self._incarnation
 
-    def backward(self, key: Hashable, grad_out: torch.Tensor) -> torch.Tensor | None:
+    def backward(self, key: Hashable, grad_out) -> tuple:
+        """(gradient of the smashed input or None, FLOPs of the request, incarnation)."""
         start = time.perf_counter()
-        grad = self.server.backward(key, grad_out.to(self.device))
+        grad = self.server.backward(key, from_wire(grad_out).to(self.device))
         self._add_busy(time.perf_counter() - start)
-        return None if grad is None else grad.cpu()
+        return (None if grad is None else to_wire(grad.cpu()), self.server.take_flops(key),
+                self._incarnation)
 
     def incarnation(self) -> str:
         return self._incarnation
-
-    def take_flops(self, key: Hashable) -> tuple[int, str]:
-        """Server FLOPs of client `key` since the last call, and the incarnation that
-        counted them (a client compares it with the one it started with)."""
-        return self.server.take_flops(key), self._incarnation
 
     def take_busy_seconds(self) -> float:
         """Wall seconds spent in forward/backward since the last call."""

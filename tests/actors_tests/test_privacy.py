@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 
+import numpy as np
 import pytest
 import ray
 import torch
@@ -83,6 +84,8 @@ def images_as_bytes(cfg: Config) -> set[bytes]:
 
 def check_payload(value, cfg: Config, images: set[bytes], where: str) -> list[torch.Tensor]:
     """Fail unless `value` is a payload the server may see; returns its tensors."""
+    if isinstance(value, np.ndarray):  # how tensors travel between actors (actors/wire.py)
+        value = torch.from_numpy(value)
     if isinstance(value, torch.Tensor):
         tokens = 1 + PROMPTS + PATCHES
         assert value.dtype == torch.float32, (where, value.dtype)
@@ -111,7 +114,7 @@ def check_received(calls: list, cfg: Config, run_dir) -> list[tuple]:
     images = images_as_bytes(cfg)
     name, args, kwargs = calls[0]
     if name == "__init__":  # the actor is built from the config, never from data
-        assert not any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values()))
+        assert not any(isinstance(a, (torch.Tensor, np.ndarray)) for a in (*args, *kwargs.values()))
         calls = calls[1:]
     requests, rows = [], 0
     for i, (name, args, kwargs) in enumerate(calls):
