@@ -1,0 +1,358 @@
+"""Throughput: what the project costs over plain PyTorch, and how near the machine it gets.
+
+    python benchmarks/throughput.py [--part a,b,c] [--rounds 3] [--ks 4,8]
+        [--precisions fp32,bf16] [--threads N] [--registered 1000] [--per-round 100,1000]
+        [key=value ...]
+
+(a) Federated prompt tuning (fl_prompt: the frozen DINOv2 ViT-S/14 at 56 px on the client,
+    prompts + classifier train, no probe norm): 10 IID clients of 400 MNIST digits, K per
+    round, 1 epoch of Adam (lr 3e-3) at batch 32, the whole 1,000-digit test set every round.
+    (The bundled MNIST has 5,000 digits; data.test_fraction = 0.2 holds out 1,000 and leaves
+    4,000. data.max_samples subsamples only the training part, so it stays 0 = all.) For
+    each precision and K, runs plain, local, ray in turn in one process. "plain" is a loop
+    of its own doing the same arithmetic: the project's model, client sampling and
+    availability draws, shards and shuffle seeds, a fresh Adam per client and round, FedAvg
+    by samples, evaluation under no_grad (bf16: torch.autocast around forward, like
+    `run.precision=bf16`); no Link copies, FLOP counting, clock or Ray. Reports seconds per
+    round, round 1 and steady state (mean of rounds >= 2), each divided by plain's.
+(b) Cross-device: vit_tiny at 32 px (random weights), 1,000 registered clients of 8 digits
+    (the training digits repeated as needed, in this process only), 100 and 1,000 per round,
+    the default method (sfprompt), flagship-phone profiles, eval.max_samples=200, 2 rounds
+    (the first a warm-up), local and ray. Fixed cost per client-round =
+    (wall of the clients phase - counted FLOPs of the round / R) / clients that ran, where R
+    is the FLOP/s that a tight loop of the same steps at the same shapes reaches here with
+    no accounting (scoring forward, local-path and full-path fwd + bwd + Adam; FLOPs counted
+    once by FlopCounterMode; the faster of one measurement before the runs and one after).
+    What is left is the cost that does not scale with FLOPs: batching, copies, accounting,
+    messages, Ray. The formula assumes client and server compute do not overlap. That
+    holds with one client actor, which is what 2 CPUs give (the server actor takes one).
+(c) The default run (all defaults, ray, --rounds rounds): counted client + server FLOPs per
+    second of round wall and of clients phase, steady state, against the fp32 sgemm rate
+    of torch.mm on 2048 x 2048 measured in the same run.
+
+Threads: `--threads` (default: this machine's CPUs) is the torch thread count of this
+process (plain loop, local backend, coordinator and evaluation, R and sgemm). Project runs
+keep `run.threads = 0`, as a user's would: the local backend then uses this process's
+threads, and the Ray backend shares them among its client actors (actors/backend.py,
+actor_threads; in (a), which has no server actor, 2 CPUs give 2 client actors of 1
+thread). On a host shared with other busy processes, as many threads as CPUs slows small
+steps down by an order of magnitude or more (each OpenMP barrier waits for a thread the
+scheduler has preempted): the load average is printed first, and --threads 1 is the
+setting for such a host.
+Memory: the largest PSS (shared pages split among the processes that map them) of this
+process and all its descendants (Ray's gcs, raylet, workers and actors), sampled every
+second of each run. One Ray instance serves every run, so idle workers left by earlier
+runs are counted. key=value overrides apply to every run, after the part's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+import ray
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from sfprompt.actors.backend import RayBackend
+from sfprompt.platform.client import Device
+from sfprompt.platform.config import Config, load_config
+from sfprompt.platform.datasets import DATASETS, register_dataset
+from sfprompt.platform.protocols import is_online
+from sfprompt.platform.pruning import keep_count
+from sfprompt.platform.rounds import (LocalBackend, build_split, build_world, client_seed,
+                                      run_rounds, sample_clients)
+
+PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=10",
+          "fed.partition=iid", "train.split_epochs=1", "train.optimizer=adam", "train.lr=3e-3",
+          "train.prompt_lr=3e-3", "train.batch_size=32", "eval.every=1", "eval.max_samples=0"]
+PART_B = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=32",
+          "data.name=mnist_repeated", "fed.partition=iid", "profiles.source=tier",
+          "profiles.tier=flagship_phone", "eval.max_samples=200", "fed.rounds=2"]
+SAMPLES_B = 8  # per client in part (b)
+MIB = 2**20
+Configure = Callable[[list[str]], Config]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class PeakPss:
+    """Largest total PSS in MiB of this process and its descendants while inside."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            me, total = psutil.Process(), 0
+            for proc in [me] + me.children(recursive=True):
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak = max(self.peak, total / MIB)
+            if self._stop.wait(1.0):
+                return
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def project_run(cfg: Config, kind: str, tag: str) -> dict:
+    """One run through run_rounds; per round: wall, clients-phase seconds, row."""
+    world = build_world(cfg)
+    clients: dict[int, float] = {}
+    with PeakPss() as pss:
+        start = time.perf_counter()
+        backend = RayBackend(world) if kind == "ray" else LocalBackend(world)
+        startup = time.perf_counter() - start
+
+        def timed(tasks, global_state, inner=backend.run_clients):  # without evaluation
+            begin = time.perf_counter()
+            results = inner(tasks, global_state)
+            clients[tasks[0].round] = time.perf_counter() - begin
+            return results
+
+        backend.run_clients = timed
+        rows = []
+        try:
+            for row, _ in run_rounds(world, backend):
+                rows.append(row)
+                log(f"[{tag} {kind}] round {row['round']}: {row['wall_seconds']:.1f} s (clients "
+                    f"{clients.get(row['round'], 0.0):.1f} s), accuracy {row['accuracy']:.4f}")
+        finally:
+            if kind == "ray":
+                backend.close()
+    return {"kind": kind, "startup": startup, "walls": [r["wall_seconds"] for r in rows],
+            "clients": [clients.get(r["round"], 0.0) for r in rows], "rows": rows,
+            "accuracy": [r["accuracy"] for r in rows], "pss": pss.peak}
+
+
+def plain_run(cfg: Config, tag: str) -> dict:
+    """fl_prompt's arithmetic in a plain loop (module doc, part a)."""
+    world = build_world(cfg)
+    data, model = world.data, world.split
+    train = Device(model, data.train_images, data.train_labels, **world.norm)
+    test = Device(model, data.test_images, data.test_labels, **world.norm)
+    bf16 = cfg.run.precision == "bf16"
+    params = dict(model.client().named_parameters())
+    names = [n for n, p in params.items() if p.requires_grad]  # prompts + classifier
+    state = {n: params[n].detach().clone() for n in names}
+    walls, accuracy = [], []
+    with PeakPss() as pss:
+        for round_ in range(1, cfg.fed.rounds + 1):
+            start = time.perf_counter()
+            chosen = [c for c in sample_clients(cfg, round_)
+                      if is_online(cfg.run.seed, round_, c, world.profiles[c].availability)]
+            states, weights = [], []
+            for c in chosen:
+                with torch.no_grad():
+                    for n in names:
+                        params[n].copy_(state[n])
+                optimizer = torch.optim.Adam(
+                    [{"params": [params["head.prompts"]], "lr": cfg.train.prompt_lr},
+                     {"params": [params[n] for n in names if n != "head.prompts"],
+                      "lr": cfg.train.lr}], weight_decay=cfg.train.weight_decay)
+                generator = torch.Generator().manual_seed(client_seed(cfg.run.seed, round_, c))
+                for _ in range(cfg.train.split_epochs):
+                    for x, y in train.batches(world.shards[c], cfg.train.batch_size, generator):
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                            loss = F.cross_entropy(model.forward(x), y)
+                        loss.backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                states.append({n: params[n].detach().clone() for n in names})
+                weights.append(len(world.shards[c]))
+            total = sum(weights)
+            state = {n: sum(s[n].double() * (w / total) for s, w in zip(states, weights)).float()
+                     for n in names}
+            correct, everything = 0, torch.arange(len(data.test_labels))
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                for n in names:
+                    params[n].copy_(state[n])
+                for x, y in test.batches(everything, cfg.train.eval_batch_size):
+                    correct += (model.forward(x).argmax(dim=1) == y).sum().item()
+            walls.append(time.perf_counter() - start)
+            accuracy.append(correct / len(everything))
+            log(f"[{tag} plain] round {round_}: {walls[-1]:.1f} s, accuracy {accuracy[-1]:.4f}")
+    return {"kind": "plain", "walls": walls, "accuracy": accuracy, "pss": pss.peak}
+
+
+def rate(step: Callable[[], object], flops: float, seconds: float = 3.0) -> float:
+    """FLOP/s of `step` (doing `flops`) in a tight loop of at least `seconds`."""
+    step(), step()  # warm-up: allocator, kernels
+    reps, start = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - start < seconds:
+        step()
+        reps += 1
+    return flops * reps / (time.perf_counter() - start)
+
+
+def client_steps(cfg: Config, samples: int) -> tuple[Callable[[], None], int]:
+    """One sfprompt client's steps at part (b)'s shapes, plain, and their FLOPs."""
+    split, _ = build_split(cfg, 10)  # MNIST's classes
+    optimizer = torch.optim.Adam([p for p in split.client().parameters() if p.requires_grad])
+    side = cfg.model.img_size
+
+    def batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cuts = [min(size, n - i) for i in range(0, n, size)]  # as the project cuts n samples
+        return [(torch.randn(b, 3, side, side), torch.randint(0, 10, (b,))) for b in cuts]
+
+    scored = batches(samples, cfg.train.eval_batch_size)
+    trained = batches(keep_count(samples, cfg.prune.keep), cfg.train.batch_size)
+
+    def client() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16"):
+            if cfg.prune.keep < 1.0:
+                with torch.no_grad():
+                    for x, _ in scored:
+                        split.local(x)
+            for path, epochs in ((split.local, cfg.train.local_epochs),
+                                 (split.forward, cfg.train.split_epochs)):
+                for _ in range(epochs):
+                    for x, y in trained:
+                        F.cross_entropy(path(x), y).backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+
+    mode = FlopCounterMode(display=False)
+    with mode:
+        client()
+    return client, mode.get_total_flops()
+
+
+def steady(values: list[float]) -> float:
+    return statistics.mean(values[1:]) if len(values) > 1 else math.nan
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of rows of formatted cells."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows])
+
+
+def part_a(args: argparse.Namespace, config: Configure) -> None:
+    rows = []
+    for precision in args.precisions:
+        for k in args.ks:
+            cfg = config(PART_A + [f"fed.clients_per_round={k}", f"run.precision={precision}"])
+            tag = f"a {precision} K={k}"
+            runs = {"plain": plain_run(cfg, tag), "local": project_run(cfg, "local", tag),
+                    "ray": project_run(cfg, "ray", tag)}
+            first, later = runs["plain"]["walls"][0], steady(runs["plain"]["walls"])
+            for kind, r in runs.items():
+                rows.append({"precision": precision, "K": k, "run": kind,
+                             "round 1 s": f"{r['walls'][0]:.2f}",
+                             "steady s/round": f"{steady(r['walls']):.2f}",
+                             "round 1 ÷ plain": f"{r['walls'][0] / first:.3f}",
+                             "steady ÷ plain": f"{steady(r['walls']) / later:.3f}",
+                             "accuracy by round": "/".join(f"{a:.4f}" for a in r["accuracy"]),
+                             "ray start-up s": f"{r['startup']:.1f}" if kind == "ray" else "-",
+                             "peak PSS MiB": f"{r['pss']:.0f}"})
+    print(f"\n(a) fl_prompt, {cfg.model.name} at {cfg.model.img_size} px, "
+          f"{cfg.fed.num_clients} IID clients, s/round\n")
+    print(table(rows))
+
+
+def part_b(args: argparse.Namespace, config: Configure) -> None:
+    repeats = math.ceil(args.registered * SAMPLES_B / 4000)  # MNIST has 4,000 to train on
+
+    @register_dataset("mnist_repeated")
+    def _mnist_repeated(root, *, test_fraction: float, seed: int, download: bool):
+        base = DATASETS["mnist"](root, test_fraction=test_fraction, seed=seed, download=download)
+        return dataclasses.replace(base, train_images=base.train_images.repeat(repeats, 1, 1, 1),
+                                   train_labels=base.train_labels.repeat(repeats))
+
+    rows = []
+    for per_round in args.per_round:
+        cfg = config(PART_B + [f"fed.num_clients={args.registered}",
+                               f"fed.clients_per_round={per_round}",
+                               f"data.max_samples={args.registered * SAMPLES_B}"])
+        client, step_flops = client_steps(cfg, SAMPLES_B)
+        before = rate(client, step_flops)
+        runs = [project_run(cfg, kind, f"b {per_round}/round") for kind in ("local", "ray")]
+        after = rate(client, step_flops)
+        flop_rate = max(before, after)  # what the machine reaches: the less disturbed one
+        log(f"[b {per_round}/round] R: {before / 1e9:.1f} GFLOP/s before, {after / 1e9:.1f} after")
+        for r in runs:
+            ran = [row["sampled"] - row["offline"] - row["failed"] for row in r["rows"]]
+            work = [row["flops.client"] + row["flops.server"] for row in r["rows"]]
+            fixed = [(c - w / flop_rate) / max(n, 1) for c, w, n in zip(r["clients"], work, ran)]
+            rows.append({"per round": per_round, "run": r["kind"],
+                         "R GFLOP/s": f"{flop_rate / 1e9:.1f}",
+                         "clients phase s, r1/steady": "/".join(
+                             f"{v:.2f}" for v in (r["clients"][0], steady(r["clients"]))),
+                         "FLOPs/R s, steady": f"{steady(work) / flop_rate:.2f}",
+                         "fixed ms/client, r1/steady": "/".join(
+                             f"{1e3 * v:.2f}" for v in (fixed[0], steady(fixed))),
+                         "counted ÷ plain FLOPs": f"{work[-1] / max(ran[-1], 1) / step_flops:.3f}",
+                         "ray start-up s": f"{r['startup']:.1f}" if r["kind"] == "ray" else "-",
+                         "peak PSS MiB": f"{r['pss']:.0f}"})
+    print(f"\n(b) cross-device, {args.registered} registered clients of {SAMPLES_B} samples\n")
+    print(table(rows))
+
+
+def part_c(args: argparse.Namespace, config: Configure) -> None:
+    r = project_run(config([]), "ray", "c default")
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak = rate(lambda: torch.mm(a, b), 2 * 2048**3)
+    work = [row["flops.client"] + row["flops.server"] for row in r["rows"]]
+    per_wall = steady([w / s for w, s in zip(work, r["walls"])])
+    per_clients = steady([w / s for w, s in zip(work, r["clients"])])
+    print("\n(c) default run (ray), counted client + server FLOPs, steady state\n")
+    print(table([{"GFLOP/s of round wall": f"{per_wall / 1e9:.2f}",
+                  "GFLOP/s of clients phase": f"{per_clients / 1e9:.2f}",
+                  "sgemm GFLOP/s": f"{peak / 1e9:.1f}",
+                  "% of sgemm, wall": f"{100 * per_wall / peak:.1f}",
+                  "% of sgemm, clients phase": f"{100 * per_clients / peak:.1f}",
+                  "ray start-up s": f"{r['startup']:.1f}", "peak PSS MiB": f"{r['pss']:.0f}"}]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    parser.add_argument("--part", default="a,b,c", help="which of a, b, c to run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run in (a) and (c)")
+    parser.add_argument("--ks", type=ints, default=[4, 8], help="clients per round in (a)")
+    parser.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--registered", type=int, default=1000, help="clients in (b)")
+    parser.add_argument("--per-round", type=ints, default=[100, 1000], help="in (b)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+
+    def config(base: list[str]) -> Config:
+        return load_config(None, [f"fed.rounds={args.rounds}", *base, *args.overrides])
+
+    log(f"{os.cpu_count()} CPUs, {args.threads} torch threads per process, "
+        f"load average {os.getloadavg()[0]:.1f}")
+    parts = {"a": part_a, "b": part_b, "c": part_c}
+    try:
+        for name in args.part.split(","):
+            parts[name](args, config)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
