@@ -43,6 +43,7 @@ def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
     (results/compare.py: the method where runs vary in nothing else)."""
     mean = _cumulative(rounds).groupby(["variant", "round"], as_index=False)[
         ["accuracy", "mb", "sim.elapsed_seconds"]].mean()
+    mean = mean.dropna(subset=["accuracy"])  # rounds without evaluation (eval.every)
     methods = in_order(mean["variant"], order)
     axes = (("round", "round", "accuracy_vs_round.png", False),
             ("mb", "cumulative traffic (MB, log)", "accuracy_vs_bytes.png", True),
@@ -76,14 +77,15 @@ def run_plots(rounds: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """The single-run plots of the module doc."""
     rounds = rounds.sort_values("round")
     out_dir = Path(out_dir)
+    evaluated = rounds["accuracy"].notna()  # eval.every leaves the others NaN
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.plot(rounds["round"], rounds["accuracy"], marker="o", color="C0")
+    ax.plot(rounds["round"][evaluated], rounds["accuracy"][evaluated], marker="o", color="C0")
     ax.set(xlabel="round", ylabel="test accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax = ax.twinx()
-    loss_ax.plot(rounds["round"], rounds["loss"], marker="s", color="C1")
+    loss_ax.plot(rounds["round"][evaluated], rounds["loss"][evaluated], marker="s", color="C1")
     loss_ax.set_ylabel("test loss", color="C1")
     paths = [_save(fig, out_dir / "accuracy.png")]
 
@@ -104,9 +106,10 @@ def run_plots(rounds: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
     mb = ((rounds["bytes.up"] + rounds["bytes.down"]) / MB).cumsum()
-    left.plot(mb, rounds["accuracy"], marker="o")
+    left.plot(mb[evaluated], rounds["accuracy"][evaluated], marker="o")
     left.set(xlabel="cumulative traffic (MB)", ylabel="test accuracy")
-    right.plot(rounds["sim.elapsed_seconds"], rounds["accuracy"], marker="o")
+    right.plot(rounds["sim.elapsed_seconds"][evaluated], rounds["accuracy"][evaluated],
+               marker="o")
     right.set(xlabel="simulated time (s)", ylabel="test accuracy")
     paths.append(_save(fig, out_dir / "cost.png"))
     return paths
