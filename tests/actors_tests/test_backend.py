@@ -83,6 +83,19 @@ def test_other_methods_equal_the_local_reference(ray_instance, tiny, rounds_both
     assert (backend.server_placement is None) == (method == "fl")
 
 
+def test_bf16_and_evaluation_settings_equal_the_local_reference(ray_instance, tiny,
+                                                               rounds_both_ways):
+    # Autocast runs in the client and server actors as in the reference process, and
+    # the evaluation subset and schedule are the coordinator's.
+    cfg = load_config(None, tiny + ["run.precision=bf16", "run.threads=1", "fed.rounds=2",
+                                    "eval.every=2", "eval.max_samples=9"])
+    local, remote, _ = rounds_both_ways(cfg)
+    pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
+                                  local.drop(columns="wall_seconds"), check_exact=True)
+    assert local["accuracy"].isna().tolist() == [True, False]
+    assert (local["accuracy"].iloc[-1] * 9) % 1 == 0
+
+
 def test_resources_of_server_and_pool(ray_instance):
     assert server_options(RayConfig()) == {"num_cpus": 1}  # no GPU on this instance
     with pytest.raises(ConfigError, match=r"^ray\.server_resource: no node has resource 'tpu9'"):
