@@ -3,9 +3,11 @@
 Nothing here estimates. `Link.send` is the boundary itself: every tensor that goes from
 a client to the server or back passes through it, is copied (as a wire would) and is
 counted as numel x element size under its kind; a kind with a codec (compression.py)
-is counted as encoded and arrives decoded. FLOPs come from torch's own
-`FlopCounterMode` around the code that actually runs; we add the formulas torch lacks
-for the CPU flash-attention kernels so attention is counted on every device.
+is counted as encoded and arrives decoded (`send_held`: a state the receiver already
+holds, counted without the copy). FLOPs come from torch's own `FlopCounterMode` around
+the code that actually runs, once per distinct computation (`Flops`); we add the
+formulas torch lacks for the CPU flash-attention kernels so attention is counted on
+every device.
 """
 
 from __future__ import annotations
