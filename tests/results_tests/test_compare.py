@@ -154,3 +154,20 @@ def test_runs_of_a_method_that_differ_in_a_setting_are_its_variants(tmp_path):
     paths = compare_plots(rounds, tmp_path, ["sfprompt", "centralized"])
     assert [p.name for p in paths] == ["accuracy_vs_round.png", "accuracy_vs_bytes.png",
                                        "accuracy_vs_time.png"]
+
+
+def test_plots_leave_out_rounds_without_evaluation(tmp_path, monkeypatch):
+    # eval.every=2 over 3 rounds: round 1 has no accuracy. Traffic still accumulates
+    # over every round, so round 2 stands at the bytes of rounds 1 and 2.
+    from sfprompt.results import plots
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rounds = pd.DataFrame(_rounds("fl", 0, [math.nan, 0.6, 0.8], 100, 100, 1000))
+    rounds["loss"] = [math.nan, 1.0, 0.5]
+    compare_plots(rounds, tmp_path)
+    plots.run_plots(rounds, tmp_path)
+    by_round, by_bytes = (fig.axes[0].lines[0] for fig in figures[:2])
+    assert list(by_round.get_xdata()) == [2, 3] and list(by_round.get_ydata()) == [0.6, 0.8]
+    assert list(by_bytes.get_xdata()) == pytest.approx([400 / plots.MB, 600 / plots.MB])
+    accuracy_fig = figures[3]  # run_plots: accuracy.png first
+    assert [list(line.get_xdata()) for ax in accuracy_fig.axes for line in ax.lines] == [[2, 3]] * 2
