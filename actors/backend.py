@@ -207,7 +207,20 @@ class RayBackend:
         if self.server is not None:
             self.seconds["server_busy"] += self._ask_server("the server's timing",
                                                             "take_busy_seconds")
+        if trains:
+            self._fetch_server()
         return list(results.values())
+
+    def _fetch_server(self) -> None:
+        """After a round's clients, when the body trains: the coordinator's copy of the
+        server's state (for checkpoints and a restarted server) and its body in the
+        coordinator's model (for evaluation), whether or not the round is evaluated."""
+        state, now = self._ask_server("fetching the server's body", "state_dict")
+        if now != self._server_id:  # the round's steps are gone; the checkpoint is not
+            raise SfpromptError("the server actor was lost after the round's work; "
+                                "continue with `sfprompt resume RUN_DIR`")
+        self._server_copy = state
+        self.world.split.body.load_state_dict(state["body"])
 
     def _settle(self, run: PoolRun, results: dict[int, ClientResult], failed: list[int]) -> None:
         """Take in one pass of the pool: results, and failed clients made forgotten."""
@@ -255,17 +268,10 @@ class RayBackend:
         self._server_id = now
 
     def evaluate(self, global_state: State) -> tuple[float, float]:
-        if self.method.server_trains:
-            state, now = self._ask_server("fetching the server's body", "state_dict")
-            if now != self._server_id:  # the round's steps are gone; the checkpoint is not
-                raise SfpromptError("the server actor was lost after the round's work; "
-                                    "continue with `sfprompt resume RUN_DIR`")
-            self._server_copy = state
-            self.world.split.body.load_state_dict(state["body"])
-        return self._reference.evaluate(global_state)
+        return self._reference.evaluate(global_state)  # the body: fetched by run_clients
 
     def server_state(self) -> dict:
-        """The server's state after the last round (fetched by `evaluate`)."""
+        """The server's state after the last round (fetched by `run_clients`)."""
         return self._server_copy
 
     def restore_server(self, state: dict) -> None:

@@ -5,6 +5,7 @@ import time
 import pandas as pd
 import pytest
 import ray
+import torch
 
 from sfprompt.actors.backend import (RayBackend, actor_threads, make_backend, pool_shape,
                                      server_options)
@@ -12,7 +13,7 @@ from sfprompt.actors.clients import get_within
 from sfprompt.platform.config import RayConfig, load_config
 from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.rounds import LocalBackend
+from sfprompt.platform.rounds import LocalBackend, build_world, initial_progress, run_rounds
 from sfprompt.results.tables import read_clients, read_rounds
 
 
@@ -94,6 +95,28 @@ def test_bf16_and_evaluation_settings_equal_the_local_reference(ray_instance, ti
                                   local.drop(columns="wall_seconds"), check_exact=True)
     assert local["accuracy"].isna().tolist() == [True, False]
     assert (local["accuracy"].iloc[-1] * 9) % 1 == 0
+
+
+def test_trained_body_is_fetched_every_round_even_without_evaluation(ray_instance, tiny):
+    # sfl trains the body on the server: the state a checkpoint saves after round 1
+    # must be round 1's, though eval.every=2 skips that round's evaluation.
+    cfg = load_config(None, tiny + ["train.method=sfl", "run.threads=1", "fed.rounds=2",
+                                    "eval.every=2", "fed.clients_per_round=2"])
+    torch.set_num_threads(1)
+    saved = {}
+    for kind in ("local", "ray"):
+        world = build_world(cfg)
+        backend = LocalBackend(world) if kind == "local" else RayBackend(world)
+        try:
+            progress = initial_progress(world)
+            next(run_rounds(world, backend, progress))  # round 1
+            saved[kind] = progress.server["body"]
+        finally:
+            getattr(backend, "close", lambda: None)()
+    untrained = build_world(cfg).split.body.state_dict()
+    assert saved["ray"].keys() == saved["local"].keys()
+    assert all(torch.equal(saved["ray"][k], saved["local"][k]) for k in saved["local"])
+    assert any(not torch.equal(saved["ray"][k], untrained[k]) for k in untrained)
 
 
 def test_resources_of_server_and_pool(ray_instance):
