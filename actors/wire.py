@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-State = dict[str, torch.Tensor]
+from sfprompt.platform.client import State
 
 
 def to_wire(t: torch.Tensor | None):

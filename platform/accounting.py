@@ -70,8 +70,6 @@ class Link:
 
     def send(self, kind: str, payload):
         """Carry `payload` (tensor or state dict) across; returns the receiver's copy."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown traffic kind {kind!r}")
         codec = self.codecs.get(kind) if isinstance(payload, torch.Tensor) else None
         wire = codec.encode(payload.detach()) if codec is not None else payload
         self._count(kind, nbytes(wire))
@@ -85,11 +83,11 @@ class Link:
         """Send a state the receiver already holds bit for bit: counted like `send`, with
         no copy to deliver. (The frozen head: every Device starts with the model's
         frozen weights, so a first visit's download changes nothing it holds.)"""
-        if kind not in KINDS:
-            raise ValueError(f"unknown traffic kind {kind!r}")
         self._count(kind, nbytes(payload))
 
     def _count(self, kind: str, size: int) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown traffic kind {kind!r}")
         self.bytes[kind] += size
         self.messages[kind] += 1  # one per send: each pays the latency
         hook = _send_hook.get()
@@ -127,21 +125,18 @@ class Flops(Counter):
 
     @contextlib.contextmanager
     def count(self, key: Hashable, *signature: Hashable) -> Iterator[None]:
-        if self.cache is None:
-            with count_flops(self, key):
-                yield
-            return
         full = (self.context, torch.is_grad_enabled(), *signature)
-        known = self.cache.get(full)
+        known = None if self.cache is None else self.cache.get(full)
         if known is not None:
             yield
-            self[key] += known
-            return
-        counted: Counter = Counter()
-        with count_flops(counted, key):
-            yield
-        self.cache[full] = counted[key]
-        self[key] += counted[key]
+        else:
+            counted: Counter = Counter()
+            with count_flops(counted, key):
+                yield
+            known = counted[key]
+            if self.cache is not None:
+                self.cache[full] = known
+        self[key] += known
 
 
 def trainable_signature(parameters: Iterable[torch.nn.Parameter]) -> tuple[bool, ...]:
