@@ -4,11 +4,13 @@
     ServerActor x 1             the body (on a GPU when there is one); every split request
                                 (none for methods that keep the whole model on the client)
     ClientActor x N             any simulated client's round; N from the cluster's CPUs
+    EvaluationActor x 1         round r's global model while round r+1 trains (eval.overlap)
 
-Evaluation runs in the coordinator, as the reference's own `evaluate`: between rounds
-nothing else runs, the coordinator already holds the split model (`build_world`), and
-the numbers are then the reference's by construction. When the method trains the body,
-the server's body is copied back first.
+Evaluation runs the reference's own `Evaluator`: on the evaluation actor, off the
+round's critical path (run_rounds yields a round when its evaluation is back), or,
+with `eval.overlap=false`, in the coordinator between rounds. When the method trains
+the body, the server's body is copied back after every round's clients and goes with
+the request.
 
 Determinism: every process builds the model from the same seed, every client's work
 depends only on its task (seeded) and the global state, and every process runs torch
@@ -44,10 +46,13 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from sfprompt.actors.clients import ClientPool, PoolRun, get_within
+from sfprompt.actors.evaluator import EvaluationActor
 from sfprompt.actors.server import ServerActor
+from sfprompt.actors.wire import state_to_wire
 from sfprompt.platform.client import ClientResult, ClientTask, State
 from sfprompt.platform.config import RayConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.evaluation import PendingEvaluation
 from sfprompt.platform.methods import METHODS
 from sfprompt.platform.rounds import Backend, LocalBackend, World
 
@@ -135,9 +140,9 @@ class RayBackend:
         self.method = METHODS[cfg.train.method]
         self._reference = LocalBackend(world)  # evaluation, in this process (module doc)
         self.seconds: Counter[str] = Counter()  # wall time by where it went, summed over rounds
-        self.server = self.pool = None
+        self.server = self.pool = self.evaluator = None
         self._owns_ray = connect(cfg.ray)
-        self.server_placement = None
+        self.server_placement = self.evaluator_placement = None
         # When the body trains: the server's state at the start of the round (None: as
         # built), what a restarted server is given back (module doc), and the server
         # incarnation known to hold it.
@@ -160,7 +165,18 @@ class RayBackend:
             if self.server is not None:
                 self.server_placement = get_within(self.server.placement.remote(),
                                                    cfg.ray.timeout_s, "starting the server actor")
+            if cfg.eval.overlap:
+                # No CPU of its own: it computes in the gaps the clients leave (evaluator.py).
+                self.evaluator = (ray.remote(EvaluationActor)
+                                  .options(num_cpus=0, max_restarts=SERVER_RESTARTS,
+                                           max_task_retries=SERVER_RESTARTS)
+                                  .remote(cfg, world.data.num_classes, world.norm,
+                                          world.data.test_images.numpy(),
+                                          world.data.test_labels.numpy(), threads))
             self.client_placements = self.pool.placements()
+            self.evaluator_placement = None if self.evaluator is None else get_within(
+                self.evaluator.placement.remote(), cfg.ray.timeout_s,
+                "starting the evaluation actor")
             if self.method.server_trains:
                 self._sync_server()
         except BaseException:
@@ -267,8 +283,26 @@ class RayBackend:
             self._ask_server("restoring the server's body", "load_state_dict", self._server_copy)
         self._server_id = now
 
-    def evaluate(self, global_state: State) -> tuple[float, float]:
-        return self._reference.evaluate(global_state)  # the body: fetched by run_clients
+    @property
+    def overlaps_evaluation(self) -> bool:
+        return self.evaluator is not None
+
+    def evaluate(self, global_state: State) -> PendingEvaluation:
+        """Sent to the evaluation actor (with the body fetched by run_clients when it
+        trains); else run in the coordinator, on the model the body was loaded into."""
+        if self.evaluator is None:
+            return self._reference.evaluate(global_state)
+        trained = self.method.server_trains and self._server_copy is not None
+        body = state_to_wire(self._server_copy["body"]) if trained else None
+        ref = self.evaluator.evaluate.remote(state_to_wire(global_state), body)
+        return lambda: self._evaluation(ref)
+
+    def _evaluation(self, ref: ray.ObjectRef) -> tuple[float, float]:
+        try:
+            return get_within(ref, self.cfg.ray.timeout_s, "evaluating the global model")
+        except RayActorError:
+            raise SfpromptError(f"the evaluation actor died and was not restarted (it "
+                                f"restarts at most {SERVER_RESTARTS} times)") from None
 
     def server_state(self) -> dict:
         """The server's state after the last round (fetched by `run_clients`)."""
@@ -287,21 +321,24 @@ class RayBackend:
 
     def describe(self) -> dict:
         """For run.json: the Ray instance and namespace this run's actors live in, and where
-        the server (node, device: "cuda" when it got a GPU) and client actors run."""
+        the server (node, device: "cuda" when it got a GPU), client and evaluation
+        actors run."""
         context = ray.get_runtime_context()
         session_dir = os.path.join(context.get_temp_dir(), context.get_session_name())
         return {"ray": {"namespace": context.namespace, "session_dir": session_dir,
                         "gcs_address": context.gcs_address, "owns_instance": self._owns_ray,
-                        "server": self.server_placement, "clients": self.client_placements}}
+                        "server": self.server_placement, "clients": self.client_placements,
+                        "evaluator": self.evaluator_placement}}
 
     def close(self) -> None:
         """Kill the actors, and shut Ray down if this backend started it. Idempotent."""
         if self.pool is not None:
             self.pool.kill()
             self.pool = None
-        if self.server is not None:
-            ray.kill(self.server)
-            self.server = None
+        for actor in (self.server, self.evaluator):
+            if actor is not None:
+                ray.kill(actor)
+        self.server = self.evaluator = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False

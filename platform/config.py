@@ -181,6 +181,9 @@ class EvalConfig:
     # Evaluate on a fixed stratified subset of this many test samples, drawn once from
     # run.seed (0 = the whole test set).
     max_samples: int = 0
+    # Ray backend: evaluate round r on an evaluation actor while round r+1 trains, off
+    # the round's critical path (the rows are the same; local backend: always in turn).
+    overlap: bool = True
 
 
 # Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).

@@ -37,7 +37,8 @@ from sfprompt.platform.checkpoint import Progress
 from sfprompt.platform.client import ClientResult, ClientTask, Device, State, client_state
 from sfprompt.platform.clock import ClientTime, client_times, message_seconds
 from sfprompt.platform.config import Config
-from sfprompt.platform.datasets import ImageData, load_dataset, stratified_subset
+from sfprompt.platform.datasets import ImageData, load_dataset
+from sfprompt.platform.evaluation import Evaluator, PendingEvaluation, evaluates
 from sfprompt.platform.faults import MessageFaults, client_crashes, message_faults
 from sfprompt.platform.methods import METHODS, prompt_length, set_trainable, world_config
 from sfprompt.platform.network import emulate_network
@@ -47,7 +48,6 @@ from sfprompt.platform.profiles import Profile, ServerProfile, make_profiles, se
 from sfprompt.platform.protocols import PROTOCOLS, is_online
 from sfprompt.platform.server import BodyServer
 from sfprompt.platform.split import SplitModel, add_probe_norm, split_vit
-from sfprompt.platform.steps import evaluate
 from sfprompt.platform.weights import create_vit
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,15 @@ class Backend(Protocol):
     """Runs client work and evaluation. `run_clients` returns a result for every task
     but those whose work was lost (failed clients). The server methods are called only
     when the method trains the body (`server_state`, `restore_server`: for checkpoints)
-    or when `faults.server_crash_round` injects a crash (`crash_server`)."""
+    or when `faults.server_crash_round` injects a crash (`crash_server`).
+
+    `evaluate` may return before the evaluation is done; a backend that says
+    `overlaps_evaluation` lets the loop train the next round while it runs."""
+
+    overlaps_evaluation: bool
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]: ...
-    def evaluate(self, global_state: State) -> tuple[float, float]: ...
+    def evaluate(self, global_state: State) -> PendingEvaluation: ...
     def server_state(self) -> dict: ...
     def restore_server(self, state: dict) -> None: ...
     def crash_server(self) -> None: ...
@@ -118,6 +123,8 @@ class Backend(Protocol):
 
 class LocalBackend:
     """Runs every client's work, the server and evaluation in this process, in order."""
+
+    overlaps_evaluation = False
 
     def __init__(self, world: World) -> None:
         cfg = world.cfg
@@ -127,8 +134,8 @@ class LocalBackend:
                              **world.norm)
         self.server = BodyServer(world.split.body, trains=self.method.server_trains,
                                  lr=cfg.train.pretrained_lr, precision=cfg.run.precision)
-        self.test = Device(world.split, world.data.test_images, world.data.test_labels, **world.norm)
-        self._test_indices = evaluation_indices(cfg, world.data.test_labels.numpy())
+        self.evaluator = Evaluator(cfg, world.split, world.data.test_images,
+                                   world.data.test_labels, world.norm)
         self.profiles = world.profiles
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
@@ -144,11 +151,10 @@ class LocalBackend:
             results.append(result)
         return results
 
-    def evaluate(self, global_state: State) -> tuple[float, float]:
-        self.test.load(global_state)
-        with autocast(self.cfg.run.precision):
-            return evaluate(self.test.split,
-                            self.test.batches(self._test_indices, self.cfg.train.eval_batch_size))
+    def evaluate(self, global_state: State) -> PendingEvaluation:
+        """Evaluates now (the body, when it trains, is the server's own module)."""
+        result = self.evaluator(global_state)
+        return lambda: result
 
     def server_state(self) -> dict:
         return self.server.state_dict()
@@ -159,19 +165,6 @@ class LocalBackend:
     def crash_server(self) -> None:
         """Here the server lives in the coordinator's process: the crash takes nothing
         with it, so there is nothing to recover (the ray backend really kills it)."""
-
-
-def evaluation_indices(cfg: Config, test_labels: np.ndarray) -> np.ndarray:
-    """The test samples every evaluation uses: all, or `eval.max_samples` of them in a
-    stratified subset drawn once from run.seed (the same in every process)."""
-    if 0 < cfg.eval.max_samples < len(test_labels):
-        return stratified_subset(test_labels, cfg.eval.max_samples, cfg.run.seed)
-    return np.arange(len(test_labels))
-
-
-def evaluates(cfg: Config, round_: int) -> bool:
-    """Whether round `round_` ends with an evaluation: every `eval.every`, and the last."""
-    return round_ % cfg.eval.every == 0 or round_ == cfg.fed.rounds
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -264,74 +257,133 @@ def run_rounds(world: World, backend: Backend,
 
     It continues from `progress` (a checkpoint's; default: before round 1) and updates
     it in place before each yield, so the caller can checkpoint it after any round.
+
+    When the backend overlaps evaluation, the loop trains round r+1 while round r's
+    model is evaluated and yields round r after that: it works on a copy (`work`) one
+    round ahead, and `progress` becomes round r's state when round r is yielded. The
+    rows are the same either way; only when they arrive differs.
     """
     cfg = world.cfg
-    aggregate = AGGREGATIONS[cfg.fed.aggregation]
-    # A rule that keeps state between rounds takes it as `memory` (checkpoint.Progress).
-    keeps_memory = "memory" in inspect.signature(aggregate).parameters
-    protocol = PROTOCOLS[cfg.fed.protocol]
     progress = progress if progress is not None else initial_progress(world)
-    server_trains = METHODS[cfg.train.method].server_trains
-    if server_trains and progress.server is not None:
+    if METHODS[cfg.train.method].server_trains and progress.server is not None:
         backend.restore_server(progress.server)
-    for round_ in range(progress.round + 1, cfg.fed.rounds + 1):
+    overlap = backend.overlaps_evaluation
+    work = _copy(progress) if overlap else progress
+    waiting = None  # a trained round whose row is not yet yielded (_Trained)
+    try:
+        for round_ in range(progress.round + 1, cfg.fed.rounds + 1):
+            start = time.perf_counter()
+            row, outcomes = _train_round(world, backend, work, round_)
+            pending = backend.evaluate(work.global_state) if evaluates(cfg, round_) else None
+            row["wall_seconds"] = time.perf_counter() - start
+            trained = _Trained(row, outcomes, _copy(work) if overlap else None, pending)
+            if not overlap:
+                yield trained.finish(progress)
+                continue
+            if waiting is not None:
+                yield waiting.finish(progress)
+            waiting = trained
+    except Exception:
+        if waiting is not None:  # a failed round loses nothing of the one before it
+            yield waiting.finish(progress)
+        raise
+    if waiting is not None:
+        yield waiting.finish(progress)
+
+
+@dataclass
+class _Trained:
+    """A round trained and aggregated, its evaluation perhaps still running."""
+
+    row: dict
+    outcomes: list[Outcome]
+    state: Progress | None  # the loop's state after this round, when it ran ahead
+    evaluation: PendingEvaluation | None  # None: not evaluated this round (eval.every)
+
+    def finish(self, progress: Progress) -> tuple[dict, list[Outcome]]:
+        """The round's row with its evaluation, and `progress` made its state."""
         start = time.perf_counter()
-        sampled = sample_clients(cfg, round_, protocol.sample_size(cfg.fed))
-        online: list[int] = []
-        offline: list[int] = []
-        for c in sampled:
-            there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
-            (online if there else offline).append(c)
-        tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
-                            first_visit=c not in progress.visited,
-                            crash=client_crashes(cfg.faults, cfg.run.seed, round_, c))
-                 for c in online]
-        crashed = {t.client for t in tasks if t.crash}
-        if crashed:
-            log.warning("round %d: injected crash of client(s) %s", round_, sorted(crashed))
-        if round_ == cfg.faults.server_crash_round:
-            log.warning("round %d: injected server crash", round_)
-            backend.crash_server()
-        results = sorted(backend.run_clients(tasks, progress.global_state) if tasks else [],
-                         key=lambda r: r.client)
-        progress.visited.update(r.client for r in results)  # the failed may not have the head
-        failed = sorted({t.client for t in tasks} - {r.client for r in results})
-        if set(failed) - crashed:
-            log.warning("round %d: client(s) %s failed: their work was lost",
-                        round_, sorted(set(failed) - crashed))
-        profiles = [world.profiles[r.client] for r in results]
-        times = client_times(results, profiles, world.server, cfg.run.seed, round_)
-        # Lost messages and delay spikes cost time on the client's link (faults.py).
-        faults = [message_faults(cfg.faults, lambda kind, n, p=p: message_seconds(p, kind, n),
-                                 r.bytes, r.messages, cfg.run.seed, round_, r.client)
-                  for r, p in zip(results, profiles)]
-        times = [dataclasses.replace(t, comm=t.comm + f.seconds) for t, f in zip(times, faults)]
-        statuses, seconds = protocol.select(cfg.fed, [t.finish for t in times])
-        progress.elapsed += seconds
-        outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f)
-                           for r, s, t, f in zip(results, statuses, times, faults)]
-                          + [Outcome(c, world.profiles[c], "offline") for c in offline]
-                          + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
-                             for c in failed],
-                          key=lambda o: o.client)
-        aggregated = [o.result for o in outcomes if o.status == "ok"]
-        if aggregated:
-            memory = {"memory": progress.aggregation} if keeps_memory else {}
-            progress.global_state = aggregate([r.state for r in aggregated],
-                                              [r.num_kept for r in aggregated], **memory)
-        else:
-            log.warning("round %d: no client update to aggregate; the global state stays", round_)
-        accuracy, loss = (backend.evaluate(progress.global_state) if evaluates(cfg, round_)
-                          else (math.nan, math.nan))
-        row = round_row(round_, outcomes, accuracy, loss, time.perf_counter() - start, seconds,
-                        progress.elapsed, int(round_ == cfg.faults.server_crash_round))
-        if aggregated and not math.isfinite(row["train_loss"]):
-            log.warning("round %d: training loss is %s", round_, row["train_loss"])
-        if row["faults.lost_messages"] or row["faults.delay_spikes"]:
-            log.info("round %d: %d lost messages resent (%d bytes), %d delay spikes", round_,
-                     row["faults.lost_messages"], row["faults.retransmitted_bytes"],
-                     row["faults.delay_spikes"])
-        progress.round = round_
-        if server_trains:
-            progress.server = backend.server_state()
-        yield row, outcomes
+        if self.evaluation is not None:
+            self.row["accuracy"], self.row["loss"] = self.evaluation()
+        self.row["wall_seconds"] += time.perf_counter() - start  # waiting for it
+        if self.state is not None:
+            for f in dataclasses.fields(Progress):
+                setattr(progress, f.name, getattr(self.state, f.name))
+        return self.row, self.outcomes
+
+
+def _copy(progress: Progress) -> Progress:
+    """A copy that later rounds cannot change: they replace the global state's dict
+    (aggregation builds a new one) but grow `visited` and may update the aggregation
+    rule's memory in place."""
+    return dataclasses.replace(progress, global_state=dict(progress.global_state),
+                               visited=set(progress.visited),
+                               aggregation={k: v.clone() for k, v in progress.aggregation.items()})
+
+
+def _train_round(world: World, backend: Backend, progress: Progress,
+                 round_: int) -> tuple[dict, list[Outcome]]:
+    """Round `round_` up to its evaluation: its row (accuracy and loss NaN) and
+    outcomes, with `progress` updated to the state after it."""
+    cfg = world.cfg
+    protocol = PROTOCOLS[cfg.fed.protocol]
+    aggregate = AGGREGATIONS[cfg.fed.aggregation]
+    sampled = sample_clients(cfg, round_, protocol.sample_size(cfg.fed))
+    online: list[int] = []
+    offline: list[int] = []
+    for c in sampled:
+        there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
+        (online if there else offline).append(c)
+    tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
+                        first_visit=c not in progress.visited,
+                        crash=client_crashes(cfg.faults, cfg.run.seed, round_, c))
+             for c in online]
+    crashed = {t.client for t in tasks if t.crash}
+    if crashed:
+        log.warning("round %d: injected crash of client(s) %s", round_, sorted(crashed))
+    if round_ == cfg.faults.server_crash_round:
+        log.warning("round %d: injected server crash", round_)
+        backend.crash_server()
+    results = sorted(backend.run_clients(tasks, progress.global_state) if tasks else [],
+                     key=lambda r: r.client)
+    progress.visited.update(r.client for r in results)  # the failed may not have the head
+    failed = sorted({t.client for t in tasks} - {r.client for r in results})
+    if set(failed) - crashed:
+        log.warning("round %d: client(s) %s failed: their work was lost",
+                    round_, sorted(set(failed) - crashed))
+    profiles = [world.profiles[r.client] for r in results]
+    times = client_times(results, profiles, world.server, cfg.run.seed, round_)
+    # Lost messages and delay spikes cost time on the client's link (faults.py).
+    faults = [message_faults(cfg.faults, lambda kind, n, p=p: message_seconds(p, kind, n),
+                             r.bytes, r.messages, cfg.run.seed, round_, r.client)
+              for r, p in zip(results, profiles)]
+    times = [dataclasses.replace(t, comm=t.comm + f.seconds) for t, f in zip(times, faults)]
+    statuses, seconds = protocol.select(cfg.fed, [t.finish for t in times])
+    progress.elapsed += seconds
+    outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f)
+                       for r, s, t, f in zip(results, statuses, times, faults)]
+                      + [Outcome(c, world.profiles[c], "offline") for c in offline]
+                      + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
+                         for c in failed],
+                      key=lambda o: o.client)
+    aggregated = [o.result for o in outcomes if o.status == "ok"]
+    if aggregated:
+        # A rule that keeps state between rounds takes it as `memory` (checkpoint.Progress).
+        keeps_memory = "memory" in inspect.signature(aggregate).parameters
+        memory = {"memory": progress.aggregation} if keeps_memory else {}
+        progress.global_state = aggregate([r.state for r in aggregated],
+                                          [r.num_kept for r in aggregated], **memory)
+    else:
+        log.warning("round %d: no client update to aggregate; the global state stays", round_)
+    row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,
+                    int(round_ == cfg.faults.server_crash_round))
+    if aggregated and not math.isfinite(row["train_loss"]):
+        log.warning("round %d: training loss is %s", round_, row["train_loss"])
+    if row["faults.lost_messages"] or row["faults.delay_spikes"]:
+        log.info("round %d: %d lost messages resent (%d bytes), %d delay spikes", round_,
+                 row["faults.lost_messages"], row["faults.retransmitted_bytes"],
+                 row["faults.delay_spikes"])
+    progress.round = round_
+    if METHODS[cfg.train.method].server_trains:
+        progress.server = backend.server_state()
+    return row, outcomes

@@ -36,7 +36,8 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     def factory(world):
         backends.append(make_backend(world))
         if isinstance(backends[-1], RayBackend):
-            actors.extend(backends[-1].pool.actors + [backends[-1].server])
+            actors.extend(backends[-1].pool.actors + [backends[-1].server,
+                                                      backends[-1].evaluator])
         return backends[-1]
 
     dirs = {}
@@ -64,7 +65,7 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     seconds = ray_backend.seconds  # where the time went, summed over the rounds
     assert seconds["client_round"] > seconds["server_wait"] >= seconds["server_busy"] > 0
     # run_experiment closed the backends: their actors are gone, the fixture's Ray is not.
-    assert len(actors) == 6 and ray.is_initialized()
+    assert len(actors) == 8 and ray.is_initialized()
     for actor in actors:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(actor.placement.remote(), timeout=30)
@@ -117,6 +118,69 @@ def test_trained_body_is_fetched_every_round_even_without_evaluation(ray_instanc
     assert saved["ray"].keys() == saved["local"].keys()
     assert all(torch.equal(saved["ray"][k], saved["local"][k]) for k in saved["local"])
     assert any(not torch.equal(saved["ray"][k], untrained[k]) for k in untrained)
+
+
+def _yields(world, backend):
+    """Per yielded row: the row, the rounds the backend had trained by then, and the
+    caller's progress then (round, global state, visited clients)."""
+    trained = []
+    run_clients = backend.run_clients
+    backend.run_clients = lambda tasks, state: (trained.append(tasks[0].round),
+                                                run_clients(tasks, state))[1]
+    progress = initial_progress(world)
+    out = []
+    for row, _ in run_rounds(world, backend, progress):
+        out.append((row, max(trained), progress.round, dict(progress.global_state),
+                    set(progress.visited)))
+    return out
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_evaluation_overlaps_the_next_round_and_progress_is_the_yielded_rounds(
+        ray_instance, tiny, overlap):
+    # With eval.overlap the loop trains round r+1 while round r is evaluated, yields
+    # round r after, and the caller's progress (what it checkpoints) is round r's.
+    cfg = load_config(None, tiny + ["run.threads=1", "fed.rounds=3", "fed.num_clients=8",
+                                    "fed.clients_per_round=2", f"eval.overlap={overlap}"])
+    torch.set_num_threads(1)
+    world = build_world(cfg)
+    local = _yields(world, LocalBackend(world))
+    world = build_world(cfg)
+    backend = RayBackend(world)
+    try:
+        assert backend.overlaps_evaluation == overlap
+        remote = _yields(world, backend)
+    finally:
+        backend.close()
+    assert [t for _, t, *_ in local] == [1, 2, 3]  # the reference yields as it goes
+    assert [t for _, t, *_ in remote] == ([2, 3, 3] if overlap else [1, 2, 3])
+    for (row, _, done, state, visited), (ref, _, ref_done, ref_state, ref_visited) in zip(
+            remote, local):
+        assert {k: v for k, v in row.items() if k != "wall_seconds"} == \
+            {k: v for k, v in ref.items() if k != "wall_seconds"}
+        assert done == ref_done == row["round"] and visited == ref_visited
+        assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    assert len({frozenset(v) for *_, v in local}) > 1  # visited grows: a real check
+
+
+def test_a_killed_evaluation_actor_is_restarted_and_changes_no_number(ray_instance, tiny,
+                                                                      rounds_both_ways):
+    cfg = load_config(None, tiny + ["run.threads=1", "fed.rounds=3"])
+    torch.set_num_threads(1)
+    world = build_world(cfg)
+    local = [row for row, _ in run_rounds(world, LocalBackend(world))]
+    world = build_world(cfg)
+    backend = RayBackend(world)
+    try:
+        remote = []
+        for row, _ in run_rounds(world, backend):
+            remote.append(row)
+            if row["round"] == 1:  # round 2 is being evaluated or about to be
+                ray.kill(backend.evaluator, no_restart=False)
+    finally:
+        backend.close()
+    for row, ref in zip(remote, local, strict=True):
+        assert row["accuracy"] == ref["accuracy"] and row["loss"] == ref["loss"]
 
 
 def test_resources_of_server_and_pool(ray_instance):

@@ -6,7 +6,8 @@ import math
 import numpy as np
 
 from sfprompt.platform.config import load_config
-from sfprompt.platform.rounds import LocalBackend, build_world, evaluation_indices, run_rounds
+from sfprompt.platform.evaluation import evaluation_indices
+from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
 
 TINY_CFG = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=16",
             "data.name=digits", "data.max_samples=100", "prompt.length=2", "fed.num_clients=2",
@@ -45,4 +46,4 @@ def test_max_samples_evaluates_that_many():
     rows = _rows("fed.rounds=1", "eval.max_samples=7")
     assert rows[0]["accuracy"] * 7 == round(rows[0]["accuracy"] * 7)
     world = build_world(load_config(None, TINY_CFG + ["eval.max_samples=7"]))
-    assert len(LocalBackend(world)._test_indices) == 7
+    assert len(LocalBackend(world).evaluator.indices) == 7

@@ -58,6 +58,8 @@ class StubBackend:
     finishes at exactly c + 1 simulated seconds; it uploads a state filled with c, and
     `evaluate` reports the mean of the global state as "accuracy"."""
 
+    overlaps_evaluation = False
+
     def __init__(self):
         self.calls = []
 
@@ -69,7 +71,8 @@ class StubBackend:
                              client_flops=int((t.client + 1) * 1e9)) for t in tasks]
 
     def evaluate(self, global_state):
-        return float(torch.cat([v.flatten() for v in global_state.values()]).mean()), 0.0
+        accuracy = float(torch.cat([v.flatten() for v in global_state.values()]).mean())
+        return lambda: (accuracy, 0.0)
 
 
 class FakeSplit:
