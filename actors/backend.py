@@ -4,13 +4,15 @@
     ServerActor x 1             the body (on a GPU when there is one); every split request
                                 (none for methods that keep the whole model on the client)
     ClientActor x N             any simulated client's round; N from the cluster's CPUs
-    EvaluationActor x 1         round r's global model while round r+1 trains (eval.overlap)
+    EvaluationActor x 0..1      round r's global model while round r+1 trains (eval.worker)
 
-Evaluation runs the reference's own `Evaluator`: on the evaluation actor, off the
-round's critical path (run_rounds yields a round when its evaluation is back), or,
-with `eval.overlap=false`, in the coordinator between rounds. When the method trains
-the body, the server's body is copied back after every round's clients and goes with
-the request.
+Evaluation runs the reference's own `Evaluator`, where `eval.worker` says: off the
+round's critical path (run_rounds trains the next round meanwhile and yields a round
+when its evaluation is back) on a thread of the coordinator ("thread": the coordinator
+only waits on actors while a round trains, and it already holds the model) or on the
+evaluation actor ("actor": a process of its own, which Ray restarts when it dies), or
+in the coordinator between rounds ("inline"). When the method trains the body, the
+server's body is copied back after every round's clients and goes with the request.
 
 Determinism: every process builds the model from the same seed, every client's work
 depends only on its task (seeded) and the global state, and every process runs torch
@@ -40,6 +42,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import ray
 import torch
@@ -52,7 +55,7 @@ from sfprompt.actors.wire import state_to_wire
 from sfprompt.platform.client import ClientResult, ClientTask, State
 from sfprompt.platform.config import RayConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
-from sfprompt.platform.evaluation import PendingEvaluation
+from sfprompt.platform.evaluation import Evaluator, PendingEvaluation
 from sfprompt.platform.methods import METHODS
 from sfprompt.platform.rounds import Backend, LocalBackend, World
 
@@ -138,7 +141,12 @@ class RayBackend:
         cfg = world.cfg
         self.cfg, self.world = cfg, world
         self.method = METHODS[cfg.train.method]
-        self._reference = LocalBackend(world)  # evaluation, in this process (module doc)
+        # The coordinator's model, untouched by the round (the actors train): evaluation
+        # with eval.worker = thread or inline uses it, one evaluation at a time.
+        self._evaluate = Evaluator(cfg, world.split, world.data.test_images,
+                                   world.data.test_labels, world.norm)
+        self._evaluations = (ThreadPoolExecutor(1, thread_name_prefix="sfprompt-eval")
+                             if cfg.eval.worker == "thread" else None)
         self.seconds: Counter[str] = Counter()  # wall time by where it went, summed over rounds
         self.server = self.pool = self.evaluator = None
         self._owns_ray = connect(cfg.ray)
@@ -165,7 +173,7 @@ class RayBackend:
             if self.server is not None:
                 self.server_placement = get_within(self.server.placement.remote(),
                                                    cfg.ray.timeout_s, "starting the server actor")
-            if cfg.eval.overlap:
+            if cfg.eval.worker == "actor":
                 # No CPU of its own: it computes in the gaps the clients leave (evaluator.py).
                 self.evaluator = (ray.remote(EvaluationActor)
                                   .options(num_cpus=0, max_restarts=SERVER_RESTARTS,
@@ -229,14 +237,13 @@ class RayBackend:
 
     def _fetch_server(self) -> None:
         """After a round's clients, when the body trains: the coordinator's copy of the
-        server's state (for checkpoints and a restarted server) and its body in the
-        coordinator's model (for evaluation), whether or not the round is evaluated."""
+        server's state (for checkpoints, a restarted server and evaluation), whether or
+        not the round is evaluated."""
         state, now = self._ask_server("fetching the server's body", "state_dict")
         if now != self._server_id:  # the round's steps are gone; the checkpoint is not
             raise SfpromptError("the server actor was lost after the round's work; "
                                 "continue with `sfprompt resume RUN_DIR`")
         self._server_copy = state
-        self.world.split.body.load_state_dict(state["body"])
 
     def _settle(self, run: PoolRun, results: dict[int, ClientResult], failed: list[int]) -> None:
         """Take in one pass of the pool: results, and failed clients made forgotten."""
@@ -285,17 +292,21 @@ class RayBackend:
 
     @property
     def overlaps_evaluation(self) -> bool:
-        return self.evaluator is not None
+        return self.cfg.eval.worker != "inline"
 
     def evaluate(self, global_state: State) -> PendingEvaluation:
-        """Sent to the evaluation actor (with the body fetched by run_clients when it
-        trains); else run in the coordinator, on the model the body was loaded into."""
-        if self.evaluator is None:
-            return self._reference.evaluate(global_state)
+        """Started where `eval.worker` says, with the body fetched by run_clients when it
+        trains (none yet: the body as built, as on the server)."""
         trained = self.method.server_trains and self._server_copy is not None
-        body = state_to_wire(self._server_copy["body"]) if trained else None
-        ref = self.evaluator.evaluate.remote(state_to_wire(global_state), body)
-        return lambda: self._evaluation(ref)
+        body = self._server_copy["body"] if trained else None
+        if self.evaluator is not None:
+            ref = self.evaluator.evaluate.remote(state_to_wire(global_state),
+                                                 None if body is None else state_to_wire(body))
+            return lambda: self._evaluation(ref)
+        if self._evaluations is not None:
+            return self._evaluations.submit(self._evaluate, global_state, body).result
+        result = self._evaluate(global_state, body)
+        return lambda: result
 
     def _evaluation(self, ref: ray.ObjectRef) -> tuple[float, float]:
         try:
@@ -335,6 +346,8 @@ class RayBackend:
         if self.pool is not None:
             self.pool.kill()
             self.pool = None
+        if self._evaluations is not None:  # an evaluation left running is not waited for
+            self._evaluations.shutdown(wait=False, cancel_futures=True)
         for actor in (self.server, self.evaluator):
             if actor is not None:
                 ray.kill(actor)

@@ -1,8 +1,8 @@
 """Throughput: what the project costs over plain PyTorch, and how near the machine it gets.
 
-    python benchmarks/throughput.py [--part a,b,c] [--rounds 3] [--ks 4,8]
+    python benchmarks/throughput.py [--part a,b,c,d] [--rounds 3] [--ks 4,8]
         [--precisions fp32,bf16] [--threads N] [--registered 1000] [--per-round 100,1000]
-        [key=value ...]
+        [--workers inline,thread,actor] [key=value ...]
 
 (a) Federated prompt tuning (fl_prompt: the frozen DINOv2 ViT-S/14 at 56 px on the client,
     prompts + classifier train, no probe norm): 10 IID clients of 400 MNIST digits, K per
@@ -29,6 +29,9 @@
 (c) The default run (all defaults, ray, --rounds rounds): counted client + server FLOPs per
     second of round wall and of clients phase, steady state, against the fp32 sgemm rate
     of torch.mm on 2048 x 2048 measured in the same run.
+(d) Evaluation off the critical path: the default run (ray) with each `eval.worker` in
+    turn, seconds per round over the whole run (start-up excluded) and round 1, each
+    divided by inline's, with the peak PSS.
 
 Threads: `--threads` (default: this machine's CPUs) is the torch thread count of this
 process (plain loop, local backend, coordinator and evaluation, R and sgemm). Project runs
@@ -123,6 +126,7 @@ def project_run(cfg: Config, kind: str, tag: str) -> dict:
         start = time.perf_counter()
         backend = RayBackend(world) if kind == "ray" else LocalBackend(world)
         startup = time.perf_counter() - start
+        start = time.perf_counter()
 
         def timed(tasks, global_state, inner=backend.run_clients):  # without evaluation
             begin = time.perf_counter()
@@ -140,7 +144,8 @@ def project_run(cfg: Config, kind: str, tag: str) -> dict:
         finally:
             if kind == "ray":
                 backend.close()
-    return {"kind": kind, "startup": startup, "walls": [r["wall_seconds"] for r in rows],
+    return {"kind": kind, "startup": startup, "total": time.perf_counter() - start,
+            "walls": [r["wall_seconds"] for r in rows],
             "clients": [clients.get(r["round"], 0.0) for r in rows], "rows": rows,
             "accuracy": [r["accuracy"] for r in rows], "pss": pss.peak}
 
@@ -325,6 +330,19 @@ def part_c(args: argparse.Namespace, config: Configure) -> None:
                   "ray start-up s": f"{r['startup']:.1f}", "peak PSS MiB": f"{r['pss']:.0f}"}]))
 
 
+def part_d(args: argparse.Namespace, config: Configure) -> None:
+    runs = {w: project_run(config([f"eval.worker={w}"]), "ray", f"d {w}") for w in args.workers}
+    base = runs[args.workers[0]]
+    rows = [{"eval.worker": w, "s/round": f"{r['total'] / len(r['walls']):.2f}",
+             "round 1 s": f"{r['walls'][0]:.2f}",
+             f"s/round ÷ {args.workers[0]}": f"{r['total'] / base['total']:.3f}",
+             "accuracy by round": "/".join(f"{a:.4f}" for a in r["accuracy"]),
+             "ray start-up s": f"{r['startup']:.1f}", "peak PSS MiB": f"{r['pss']:.0f}"}
+            for w, r in runs.items()]
+    print("\n(d) default run (ray), where the evaluation runs\n")
+    print(table(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
@@ -335,6 +353,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--registered", type=int, default=1000, help="clients in (b)")
     parser.add_argument("--per-round", type=ints, default=[100, 1000], help="in (b)")
+    parser.add_argument("--workers", type=lambda s: s.split(","),
+                        default=["inline", "thread", "actor"], help="eval.worker in (d)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -346,7 +366,7 @@ def main() -> None:
 
     log(f"{os.cpu_count()} CPUs, {args.threads} torch threads per process, "
         f"load average {os.getloadavg()[0]:.1f}")
-    parts = {"a": part_a, "b": part_b, "c": part_c}
+    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
     try:
         for name in args.part.split(","):
             parts[name](args, config)

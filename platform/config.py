@@ -181,9 +181,11 @@ class EvalConfig:
     # Evaluate on a fixed stratified subset of this many test samples, drawn once from
     # run.seed (0 = the whole test set).
     max_samples: int = 0
-    # Ray backend: evaluate round r on an evaluation actor while round r+1 trains, off
-    # the round's critical path (the rows are the same; local backend: always in turn).
-    overlap: bool = True
+    # Where the ray backend evaluates: "thread" (in the coordinator, on a thread of its
+    # own, while the next round trains), "actor" (on an evaluation actor, a process of
+    # its own, while the next round trains) or "inline" (in the coordinator, between
+    # rounds). The rows are the same; the local backend always evaluates inline.
+    worker: str = "thread"
 
 
 # Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).
@@ -228,6 +230,7 @@ class RunConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+EVAL_WORKERS = ("thread", "actor", "inline")
 
 
 @dataclass(frozen=True)
@@ -473,6 +476,7 @@ def validate(cfg: Config) -> None:
         ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
         ("run.backend", cfg.run.backend, BACKENDS),
         ("run.precision", cfg.run.precision, PRECISIONS),
+        ("eval.worker", cfg.eval.worker, EVAL_WORKERS),
         ("compress.activations", cfg.compress.activations, CODECS),
         ("compress.gradients", cfg.compress.gradients, CODECS),
     ):

@@ -1,8 +1,7 @@
 """Evaluation of the global model: which rounds, which test samples, and the pass itself.
 
-`Evaluator` is the one evaluation every backend runs, in the coordinator (local
-backend) or on an evaluation actor (ray backend, `eval.overlap`), so both give the same
-numbers: the full path (head -> body -> tail) over a fixed set of test samples, with
+`Evaluator` is the one evaluation every backend runs, in the coordinator or on an
+evaluation actor (`eval.worker`), so all give the same numbers: the full path (head -> body -> tail) over a fixed set of test samples, with
 the global trainable state loaded and, when the method trains the body, the round's body.
 """
 

@@ -197,6 +197,7 @@ CONFIG_CASES = [
     overrides("train.batch_size=0"),
     overrides("eval.every=0"),
     overrides("eval.max_samples=-5"),
+    overrides("eval.worker=gpu"),
     overrides("run.precision=fp16", names=("run.precision", "bf16")),
     overrides("fed.clients_per_round=5", names=("fed.clients_per_round", "fed.num_clients")),
     overrides("train.lr=nan"),

@@ -36,8 +36,7 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     def factory(world):
         backends.append(make_backend(world))
         if isinstance(backends[-1], RayBackend):
-            actors.extend(backends[-1].pool.actors + [backends[-1].server,
-                                                      backends[-1].evaluator])
+            actors.extend(backends[-1].pool.actors + [backends[-1].server])
         return backends[-1]
 
     dirs = {}
@@ -65,7 +64,7 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     seconds = ray_backend.seconds  # where the time went, summed over the rounds
     assert seconds["client_round"] > seconds["server_wait"] >= seconds["server_busy"] > 0
     # run_experiment closed the backends: their actors are gone, the fixture's Ray is not.
-    assert len(actors) == 8 and ray.is_initialized()
+    assert len(actors) == 6 and ray.is_initialized()
     for actor in actors:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(actor.placement.remote(), timeout=30)
@@ -135,13 +134,15 @@ def _yields(world, backend):
     return out
 
 
-@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("worker", ["thread", "actor", "inline"])
 def test_evaluation_overlaps_the_next_round_and_progress_is_the_yielded_rounds(
-        ray_instance, tiny, overlap):
-    # With eval.overlap the loop trains round r+1 while round r is evaluated, yields
-    # round r after, and the caller's progress (what it checkpoints) is round r's.
+        ray_instance, tiny, worker):
+    # Off the critical path (a thread, an actor) the loop trains round r+1 while round
+    # r is evaluated, yields round r after, and the caller's progress (what it
+    # checkpoints) is round r's; inline, it evaluates between rounds.
     cfg = load_config(None, tiny + ["run.threads=1", "fed.rounds=3", "fed.num_clients=8",
-                                    "fed.clients_per_round=2", f"eval.overlap={overlap}"])
+                                    "fed.clients_per_round=2", f"eval.worker={worker}"])
+    overlap = worker != "inline"
     torch.set_num_threads(1)
     world = build_world(cfg)
     local = _yields(world, LocalBackend(world))
@@ -149,6 +150,7 @@ def test_evaluation_overlaps_the_next_round_and_progress_is_the_yielded_rounds(
     backend = RayBackend(world)
     try:
         assert backend.overlaps_evaluation == overlap
+        assert (backend.evaluator is not None) == (worker == "actor")
         remote = _yields(world, backend)
     finally:
         backend.close()
@@ -165,7 +167,7 @@ def test_evaluation_overlaps_the_next_round_and_progress_is_the_yielded_rounds(
 
 def test_a_killed_evaluation_actor_is_restarted_and_changes_no_number(ray_instance, tiny,
                                                                       rounds_both_ways):
-    cfg = load_config(None, tiny + ["run.threads=1", "fed.rounds=3"])
+    cfg = load_config(None, tiny + ["run.threads=1", "fed.rounds=3", "eval.worker=actor"])
     torch.set_num_threads(1)
     world = build_world(cfg)
     local = [row for row, _ in run_rounds(world, LocalBackend(world))]

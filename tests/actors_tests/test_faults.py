@@ -29,12 +29,12 @@ def ray_instance():
     ray.shutdown()
 
 
-def _runs(tmp_path, overrides, on_ray_round=None, overlap=False):
+def _runs(tmp_path, overrides, on_ray_round=None, worker="inline"):
     """The local reference and the ray run of `overrides`; the ray backend's pids (and
     replaced client actors) after each round; `on_ray_round(backend, row)` runs after
-    each ray round. The evaluation overlaps the next round only when `overlap` (then
-    round r+1 has already run when round r arrives, and a fault injected there would
-    land a round late)."""
+    each ray round. Evaluation is inline unless `worker` says otherwise (off the
+    critical path, round r+1 has already run when round r arrives, and a fault
+    injected there would land a round late)."""
     dirs, pids, backends = {}, [], []
 
     def factory(world):
@@ -54,7 +54,7 @@ def _runs(tmp_path, overrides, on_ray_round=None, overlap=False):
         cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
                                              f"run.backend={name}", "run.threads=1",
                                              "ray.num_client_actors=2",
-                                             f"eval.overlap={overlap}"])
+                                             f"eval.worker={worker}"])
         dirs[name] = run_experiment(cfg, make_backend=factory,
                                     on_round=after if name == "ray" else lambda row: None)
     assert isinstance(backends[-1], RayBackend)
@@ -68,21 +68,21 @@ def _assert_same(dirs):
         pd.testing.assert_frame_equal(remote[columns], local[columns], check_exact=True)
 
 
-@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("worker", ["inline", "thread"])
 def test_injected_client_and_server_crashes_kill_processes_and_change_no_number(
-        ray_instance, tmp_path, tiny, overlap):
+        ray_instance, tmp_path, tiny, worker):
     overrides = tiny + ["faults.client_crash=0.3", "faults.server_crash_round=2",
                         "faults.message_loss=0.1", "faults.delay_spike=0.1"]
     cfg = load_config(None, overrides)
     crashes = [c for r in (1, 2) for c in sample_clients(cfg, r)
                if client_crashes(cfg.faults, 0, r, c)]
     assert crashes  # the seed makes clients crash, or this test would test nothing
-    dirs, pids = _runs(tmp_path, overrides, overlap=overlap)
+    dirs, pids = _runs(tmp_path, overrides, worker=worker)
     _assert_same(dirs)
     rounds = read_rounds(dirs["ray"])
     assert rounds["failed"].sum() == len(crashes) == rounds["faults.client_crashes"].sum()
     assert rounds["faults.server_crashes"].tolist() == [0, 1]
-    if not overlap:  # pids read after round 1 (with overlap: after round 2 as well)
+    if worker == "inline":  # pids read after round 1 (else after round 2 as well)
         assert pids[0]["server"] != pids[1]["server"]  # the server's process really died
     assert pids[-1]["replaced"] == len(crashes)  # and so did each crashed client's
     log = (dirs["ray"] / "run.log").read_text()
