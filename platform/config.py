@@ -181,11 +181,13 @@ class EvalConfig:
     # Evaluate on a fixed stratified subset of this many test samples, drawn once from
     # run.seed (0 = the whole test set).
     max_samples: int = 0
-    # Where the ray backend evaluates: "thread" (in the coordinator, on a thread of its
-    # own, while the next round trains), "actor" (on an evaluation actor, a process of
-    # its own, while the next round trains) or "inline" (in the coordinator, between
-    # rounds). The rows are the same; the local backend always evaluates inline.
-    worker: str = "thread"
+    # Where the ray backend evaluates: "inline" (in the coordinator, between rounds),
+    # "thread" (in the coordinator, on a thread of its own, while the next round trains)
+    # or "actor" (on an evaluation actor, a process of its own, while the next round
+    # trains). Overlapping pays only where the evaluation has cores the training leaves
+    # idle (on a host whose cores the actors keep busy it slows the round down: README).
+    # The rows are the same; the local backend always evaluates inline.
+    worker: str = "inline"
 
 
 # Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).
