@@ -52,12 +52,13 @@ from sfprompt.actors.clients import ClientPool, PoolRun, get_within
 from sfprompt.actors.evaluator import EvaluationActor
 from sfprompt.actors.server import ServerActor
 from sfprompt.actors.wire import state_to_wire
-from sfprompt.platform.client import ClientResult, ClientTask, State
-from sfprompt.platform.config import RayConfig
+from sfprompt.platform.config.schema import RayConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
-from sfprompt.platform.evaluation import Evaluator, PendingEvaluation
-from sfprompt.platform.methods import METHODS
-from sfprompt.platform.rounds import Backend, LocalBackend, World
+from sfprompt.platform.loop.backend import Backend, LocalBackend
+from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
+from sfprompt.platform.loop.world import World
+from sfprompt.platform.method.client import ClientResult, ClientTask, State
+from sfprompt.platform.method.registry import METHODS
 
 log = logging.getLogger(__name__)
 

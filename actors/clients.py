@@ -36,14 +36,14 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from sfprompt.actors.wire import from_wire, state_from_wire, state_to_wire, to_wire
-from sfprompt.platform.client import ClientResult, ClientTask, Device, State
-from sfprompt.platform.config import Config
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.methods import METHODS
-from sfprompt.platform.network import emulate_network
-from sfprompt.platform.precision import autocast
-from sfprompt.platform.profiles import Profile
-from sfprompt.platform.rounds import build_split
+from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.model.build import build_split
+from sfprompt.platform.model.precision import autocast
+from sfprompt.platform.sim.profiles import Profile
+from sfprompt.platform.sim.realtime import emulate_network
 
 Seconds = dict[str, float]  # where a client's wall time went: client_round, server_wait
 

@@ -21,9 +21,9 @@ import ray
 import torch
 
 from sfprompt.actors.wire import state_from_wire
-from sfprompt.platform.config import Config
-from sfprompt.platform.evaluation import Evaluator
-from sfprompt.platform.rounds import build_split
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.loop.evaluation import Evaluator
+from sfprompt.platform.model.build import build_split
 
 
 class EvaluationActor:

@@ -38,10 +38,10 @@ import ray
 import torch
 
 from sfprompt.actors.wire import from_wire, to_wire
-from sfprompt.platform.config import Config
-from sfprompt.platform.methods import METHODS
-from sfprompt.platform.rounds import build_split
-from sfprompt.platform.server import BodyServer
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.model.build import build_split
 
 
 class ServerActor:

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from sfprompt.platform.client import State
+from sfprompt.platform.method.client import State
 
 
 def to_wire(t: torch.Tensor | None):

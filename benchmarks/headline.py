@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from sfprompt.platform.config import load_config
-from sfprompt.platform.costmodel import client_cost
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.sim.costmodel import client_cost
 
 BASE = {"split.head_blocks": 0, "split.tail_blocks": 0, "prompt.length": 10,
         "prune.keep": 0.5, "train.local_epochs": 1, "train.split_epochs": 1}

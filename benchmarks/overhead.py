@@ -21,8 +21,10 @@ import ray
 import torch
 
 from sfprompt.actors.backend import RayBackend
-from sfprompt.platform.config import load_config
-from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.world import build_world
 
 WORKLOAD = ["fed.num_clients=40", "fed.clients_per_round=8", "fed.rounds=3"]
 METRICS = ("accuracy", "loss", "train_loss", "kept_samples", "flops.client", "flops.server",

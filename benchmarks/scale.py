@@ -30,7 +30,7 @@ import time
 import numpy as np
 import psutil
 
-from sfprompt.platform.datasets import DATASETS, register_dataset
+from sfprompt.platform.data.datasets import DATASETS, register_dataset
 
 MODEL = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=32",
          "data.name=mnist_x5", "data.test_fraction=0.05", "fed.partition=iid", "fed.rounds=3",
@@ -80,8 +80,9 @@ def memory() -> dict[str, dict[str, float]]:
 def one(num_clients: int, per_round: int, samples: int, overrides: list[str]) -> dict:
     """One count, in this process: build, run, measure while the actors are alive."""
     from sfprompt.actors.backend import RayBackend
-    from sfprompt.platform.config import load_config
-    from sfprompt.platform.rounds import build_world, run_rounds
+    from sfprompt.platform.config.load import load_config
+    from sfprompt.platform.loop.rounds import run_rounds
+    from sfprompt.platform.loop.world import build_world
 
     cfg = load_config(None, MODEL + [f"fed.num_clients={num_clients}",
                                      f"fed.clients_per_round={per_round}",

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from sfprompt.platform.config import load_config
-from sfprompt.platform.rounds import build_split
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.model.build import build_split
 
 
 def serve(body: torch.nn.Module, requests: list[torch.Tensor], batched: bool) -> list[torch.Tensor]:

@@ -67,13 +67,17 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sfprompt.actors.backend import RayBackend
-from sfprompt.platform.client import Device
-from sfprompt.platform.config import Config, load_config
-from sfprompt.platform.datasets import DATASETS, register_dataset
-from sfprompt.platform.protocols import is_online
-from sfprompt.platform.pruning import keep_count
-from sfprompt.platform.rounds import (LocalBackend, build_split, build_world, client_seed,
-                                      run_rounds, sample_clients)
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.data.datasets import DATASETS, register_dataset
+from sfprompt.platform.fed.protocols import is_online
+from sfprompt.platform.fed.sampling import client_seed, sample_clients
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.world import build_world
+from sfprompt.platform.method.client import Device
+from sfprompt.platform.method.pruning import keep_count
+from sfprompt.platform.model.build import build_split
 
 PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=10",
           "fed.partition=iid", "train.split_epochs=1", "train.optimizer=adam", "train.lr=3e-3",

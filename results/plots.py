@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from sfprompt.results.atomic import atomic_open
-from sfprompt.results.compare import in_order, variants
+from sfprompt.results.summary import in_order, variants
 
 MB = 1e6
 
@@ -40,7 +40,7 @@ def _cumulative(rounds: pd.DataFrame) -> pd.DataFrame:
 def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
                   order: list[str] | None = None) -> list[Path]:
     """Accuracy against round, cumulative traffic and simulated time, by variant
-    (results/compare.py: the method where runs vary in nothing else)."""
+    (results/summary.py: the method where runs vary in nothing else)."""
     mean = _cumulative(rounds).groupby(["variant", "round"], as_index=False)[
         ["accuracy", "mb", "sim.elapsed_seconds"]].mean()
     mean = mean.dropna(subset=["accuracy"])  # rounds without evaluation (eval.every)

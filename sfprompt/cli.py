@@ -41,13 +41,13 @@ def _progress(total_rounds: int):
 
 
 def _config(args):
-    from sfprompt.platform.config import load_config
+    from sfprompt.platform.config.load import load_config
     return load_config(args.config, args.overrides)
 
 
 def cmd_run(args) -> int:
     from sfprompt.actors.backend import make_backend
-    from sfprompt.platform.experiment import run_experiment
+    from sfprompt.results.experiment import run_experiment
     cfg = _config(args)
     print(f"sfprompt: {cfg.train.method} on {cfg.data.name} with {cfg.model.name} "
           f"({cfg.model.weights} weights), {cfg.fed.num_clients} clients, "
@@ -59,8 +59,8 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     from sfprompt.actors.backend import make_backend
-    from sfprompt.platform.config import load_config
-    from sfprompt.platform.experiment import resume_experiment
+    from sfprompt.platform.config.load import load_config
+    from sfprompt.results.experiment import resume_experiment
     rounds = load_config(f"{args.dir}/config.toml").fed.rounds  # a missing file: one line
     print(f"sfprompt: resuming {args.dir}", flush=True)
     run_dir = resume_experiment(args.dir, on_round=_progress(rounds), make_backend=make_backend)
@@ -70,13 +70,14 @@ def cmd_resume(args) -> int:
 
 def cmd_config(args) -> int:
     import tomli_w
-    from sfprompt.platform.config import to_dict
+
+    from sfprompt.platform.config.dotted import to_dict
     print(tomli_w.dumps(to_dict(_config(args))), end="")
     return 0
 
 
 def cmd_profiles(args) -> int:
-    from sfprompt.platform.profiles import SERVER_TIERS, TIERS
+    from sfprompt.platform.sim.profiles import SERVER_TIERS, TIERS
     print(f"{'client tier':<15}{'peak GFLOP/s':>13}{'eff':>6}{'GFLOP/s':>9}{'up Mbit/s':>11}"
           f"{'down Mbit/s':>13}{'RTT ms':>8}{'jitter ms':>11}{'avail':>7}{'mem GiB':>9}  example")
     for name, t in TIERS.items():
@@ -117,7 +118,9 @@ def _study_exports(study_dir) -> int:
 
 def cmd_study(args) -> int:
     from pathlib import Path
+
     import optuna
+
     from sfprompt.studies.runner import run_study, start_study
     from sfprompt.studies.spec import load_spec
     from sfprompt.studies.storage import read_study_spec
@@ -152,8 +155,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def _compare_outputs(compare_dir, target: float | None, order: list[str] | None) -> int:
-    from sfprompt.results.compare import load_compare, write_compare
     from sfprompt.results.plots import compare_plots
+    from sfprompt.results.summary import load_compare, write_compare
     write_compare(compare_dir, target, order)
     plots = compare_plots(load_compare(compare_dir), compare_dir, order)
     print((compare_dir / "compare.md").read_text(), end="")
@@ -164,7 +167,7 @@ def _compare_outputs(compare_dir, target: float | None, order: list[str] | None)
 
 def cmd_compare(args) -> int:
     from sfprompt.actors.backend import make_backend
-    from sfprompt.platform.compare import run_compare
+    from sfprompt.results.comparison import run_compare
     cfg = _config(args)
     methods, seeds = _names(args.methods, "--methods"), _seeds(args.seeds)
 
@@ -178,6 +181,7 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     from pathlib import Path
+
     from sfprompt.results.plots import run_plots
     from sfprompt.results.tables import ROUNDS, read_rounds
     target = Path(args.dir)
@@ -191,7 +195,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_cost(args) -> int:
-    from sfprompt.platform.costmodel import cost_table
+    from sfprompt.platform.sim.costmodel import cost_table
     cfg = _config(args)
     rows = cost_table(cfg, _names(args.methods, "--methods"), args.samples, args.classes)
     print(f"{cfg.model.name} at {cfg.model.img_size} px, split {cfg.split.head_blocks}/"

@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterable
 import timm
 import torch
 
-from sfprompt.platform.config import Config
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.methods import METHODS, set_trainable
-from sfprompt.platform.profiles import make_profiles
-from sfprompt.platform.split import split_vit
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.split import split_vit
+from sfprompt.platform.sim.profiles import make_profiles
 
 log = logging.getLogger(__name__)
 MIB = 2**20

@@ -20,7 +20,9 @@ from typing import Any
 
 import optuna
 
-from sfprompt.platform.config import Config, flat_items, replace
+from sfprompt.platform.config.dotted import flat_items
+from sfprompt.platform.config.load import replace
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError
 
 # Every config key and its default; a key's type is its default's type.

@@ -32,7 +32,8 @@ from typing import Any
 
 import optuna
 
-from sfprompt.platform.config import Config, replace
+from sfprompt.platform.config.load import replace
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError
 from sfprompt.studies.objectives import DIRECTIONS, REDUCERS, Objective, default_reduce
 from sfprompt.studies.space import Param, flatten, parse_fixed, parse_space, table, typed

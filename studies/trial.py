@@ -23,9 +23,10 @@ from typing import Any
 
 import optuna
 
-from sfprompt.platform.config import Config, replace
+from sfprompt.platform.config.load import replace
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.experiment import run_experiment
+from sfprompt.results.experiment import run_experiment
 from sfprompt.studies.feasibility import check_memory
 from sfprompt.studies.objectives import Objective
 

@@ -1,12 +1,70 @@
-"""The code folders are `sfprompt.<name>` only; the stdlib `platform` stays intact."""
+"""The code folders are `sfprompt.<name>` only, the stdlib `platform` stays intact, and
+imports run one way (docs/design.md, Architecture): no cycle anywhere, `platform` never
+imports Ray or what builds on it, and inside `platform` every room imports only rooms
+below it."""
 
+import ast
 import importlib
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("platform", "actors", "studies", "results", "sfprompt")
+# What each top-level folder may import (besides itself).
+MAY_IMPORT = {"platform": set(), "actors": {"platform"}, "results": {"platform"},
+              "studies": {"platform", "results"}, "sfprompt": set(FOLDERS)}
+# Rooms of platform, lowest first: a module imports only modules of its rank or below.
+RANKS = [("platform.errors",), ("platform.config.schema", "platform.config.dotted"),
+         ("platform.data", "platform.model", "platform.wire"), ("platform.method",),
+         ("platform.fed", "platform.sim", "platform.model.build"),
+         ("platform.config.validate", "platform.config.load"), ("platform.loop",)]
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the project: dotted name (without `sfprompt.`) -> file."""
+    out = {}
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name.removeprefix("sfprompt.") if folder == "sfprompt" else name] = path
+    return out
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports anywhere in it (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        for name in names:
+            if not name.startswith("sfprompt"):
+                continue
+            name = name.removeprefix("sfprompt").lstrip(".") or "sfprompt"
+            name = name if name in known else name.rpartition(".")[0]  # a name, not a module
+            if name in known:
+                found.add(name)
+    return found
+
+
+def rank(module: str) -> int:
+    best = None
+    for i, prefixes in enumerate(RANKS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (i, len(prefix))
+    assert best is not None, f"{module}: not in any room of RANKS"
+    return best[0]
+
+
+GRAPH = {name: imports(path, modules()) - {name} for name, path in modules().items()}
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -22,8 +80,9 @@ def test_stdlib_platform_still_works_from_the_repository_root():
 
 
 def test_code_folders_import_as_subpackages():
-    done = _python("import sfprompt.platform.config, sfprompt.results.tables, "
-                   "sfprompt.platform.split; import sfprompt.platform as p; print(list(p.__path__))")
+    done = _python("import sfprompt.platform.config.load, sfprompt.results.tables, "
+                   "sfprompt.platform.model.split; import sfprompt.platform as p; "
+                   "print(list(p.__path__))")
     assert done.returncode == 0, done.stderr
     assert str(ROOT / "platform") in done.stdout
 
@@ -35,11 +94,48 @@ def test_no_code_folder_has_an_init_file():
 
 
 def test_platform_modules_never_import_ray():
-    modules = [m.name for m in pkgutil.iter_modules([str(ROOT / "platform")])]
-    code = ("import sys\n" + "".join(f"import sfprompt.platform.{m}\n" for m in modules)
+    platform = [m for m in GRAPH if m.startswith("platform.")]
+    code = ("import sys\n" + "".join(f"import sfprompt.{m}\n" for m in platform)
             + "print('ray' in sys.modules)")
     done = _python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
-    assert len(modules) >= 10
-    importlib.import_module("sfprompt.platform.config")
+    assert len(platform) >= 40
+    importlib.import_module("sfprompt.platform.config.load")
+
+
+def test_no_import_cycle():
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for other in sorted(GRAPH[module]):
+            if state.get(other) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(
+                    path[path.index(other):] + [module, other]))
+            if other not in state:
+                visit(other, path + [module])
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [])
+    assert len(GRAPH) >= 60 and sum(map(len, GRAPH.values())) >= 150  # it saw the imports
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_run_one_way(module):
+    folder = module.split(".")[0] if module.split(".")[0] in FOLDERS else "sfprompt"
+    for other in GRAPH[module] - {"sfprompt"}:  # the package root (version, paths) is for all
+        theirs = other.split(".")[0] if other.split(".")[0] in FOLDERS else "sfprompt"
+        assert theirs == folder or theirs in MAY_IMPORT[folder], f"{module} imports {other}"
+        if folder == theirs == "platform":
+            assert rank(other) <= rank(module), f"{module} imports {other}, a room above it"
+
+
+def test_the_layout_check_sees_a_planted_cycle(tmp_path):
+    # The cycle check itself: two modules that import each other are caught.
+    (tmp_path / "a.py").write_text("from sfprompt.b import x\n")
+    (tmp_path / "b.py").write_text("import sfprompt.a\n")
+    known = {"a": tmp_path / "a.py", "b": tmp_path / "b.py"}
+    assert imports(known["a"], known) == {"b"} and imports(known["b"], known) == {"a"}

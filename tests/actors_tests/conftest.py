@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from sfprompt.actors.backend import RayBackend
-from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.world import build_world
 
 TINY = ["model.weights=random", "model.name=vit_tiny_patch16_224", "model.img_size=32",
         "data.name=digits", "data.max_samples=160", "data.test_fraction=0.05", "fed.num_clients=6",

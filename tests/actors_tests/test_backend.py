@@ -10,10 +10,13 @@ import torch
 from sfprompt.actors.backend import (RayBackend, actor_threads, make_backend, pool_shape,
                                      server_options)
 from sfprompt.actors.clients import get_within
-from sfprompt.platform.config import RayConfig, load_config
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import RayConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
-from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.rounds import LocalBackend, build_world, initial_progress, run_rounds
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.world import build_world, initial_progress
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 

@@ -8,8 +8,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from sfprompt.actors.backend import make_backend
-from sfprompt.platform.config import load_config
-from sfprompt.platform.experiment import run_experiment
+from sfprompt.platform.config.load import load_config
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_rounds
 
 

@@ -13,10 +13,10 @@ import pytest
 import ray
 
 from sfprompt.actors.backend import RayBackend, make_backend
-from sfprompt.platform.config import load_config
-from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.faults import client_crashes
-from sfprompt.platform.rounds import sample_clients
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.fed.sampling import sample_clients
+from sfprompt.platform.sim.faults import client_crashes
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 NOT_COMPARED = ("wall_seconds", "run_id", "run.run_id", "run.backend")

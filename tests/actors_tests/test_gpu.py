@@ -15,9 +15,10 @@ import ray
 import torch
 
 from sfprompt.actors.backend import server_options
-from sfprompt.platform.config import RayConfig, load_config
-from sfprompt.platform.rounds import build_split
-from sfprompt.platform.server import BodyServer
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import RayConfig
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.model.build import build_split
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 import sfprompt
-from sfprompt.platform.config import load_config
-from sfprompt.platform.experiment import run_experiment
+from sfprompt.platform.config.load import load_config
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 REPO_ROOT = Path(sfprompt.__file__).resolve().parent.parent

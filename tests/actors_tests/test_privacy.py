@@ -23,11 +23,13 @@ import torch
 
 from sfprompt.actors import backend as ray_backend
 from sfprompt.actors.server import ServerActor
-from sfprompt.platform import rounds
-from sfprompt.platform.config import Config, load_config
-from sfprompt.platform.datasets import load_dataset, to_model_input
-from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.server import BodyServer
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.data.datasets import load_dataset, to_model_input
+from sfprompt.platform.loop import backend as local_backend
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.model.build import build_split
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients
 
 # vit_tiny: embed dim 192, 16 px patches, so 32 px = 4 patches; 2 prompts.
@@ -77,7 +79,7 @@ def images_as_bytes(cfg: Config) -> set[bytes]:
     data = load_dataset(cfg.data.name, root=None, test_fraction=cfg.data.test_fraction,
                         seed=cfg.run.seed, max_samples=cfg.data.max_samples)
     raw = data.train_images.float()  # (N, 1, 8, 8)
-    _, norm = rounds.build_split(cfg, data.num_classes)
+    _, norm = build_split(cfg, data.num_classes)
     model_input = to_model_input(data.train_images, **norm)  # (N, 3, 32, 32)
     return {x.numpy().tobytes() for x in (*raw, *model_input)}
 
@@ -161,7 +163,7 @@ def test_server_receives_only_smashed_data_and_gradients(ray_instance, overrides
             super().__init__(*args, **kwargs)
             servers.append(self)
 
-    monkeypatch.setattr(rounds, "BodyServer", Recorded)
+    monkeypatch.setattr(local_backend, "BodyServer", Recorded)
     local_cfg = load_config(None, overrides + ["run.backend=local", "run.run_id=local"])
     run_dir = run_experiment(local_cfg)
     assert len(servers) == 1

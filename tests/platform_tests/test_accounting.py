@@ -2,8 +2,8 @@ from collections import Counter
 
 import torch
 
-from sfprompt.platform.accounting import (KINDS, Flops, Link, count_flops, nbytes, shape_of,
-                                          trainable_signature)
+from sfprompt.platform.wire.flops import Flops, count_flops, shape_of, trainable_signature
+from sfprompt.platform.wire.link import KINDS, Link, nbytes
 
 
 def test_linear_flops_are_2mnk():

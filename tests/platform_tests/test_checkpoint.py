@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from sfprompt.cli import main
-from sfprompt.platform.checkpoint import Progress, load_checkpoint, save_checkpoint
-from sfprompt.platform.config import load_config
+from sfprompt.platform.config.load import load_config
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.experiment import resume_experiment, run_experiment
+from sfprompt.platform.loop.progress import Progress
+from sfprompt.results.checkpoint import load_checkpoint, save_checkpoint
+from sfprompt.results.experiment import resume_experiment, run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 TINY = ["model.weights=random", "model.name=vit_tiny_patch16_224", "model.img_size=32",
@@ -29,8 +30,8 @@ TINY = ["model.weights=random", "model.name=vit_tiny_patch16_224", "model.img_si
 # there, not wherever a race would put it.
 DRIVER = """
 import sys, time
-from sfprompt.platform.config import load_config
-from sfprompt.platform.experiment import run_experiment
+from sfprompt.platform.config.load import load_config
+from sfprompt.results.experiment import run_experiment
 K = int(sys.argv[1])
 run_experiment(load_config(None, sys.argv[2:]),
                on_round=lambda row: time.sleep(600) if row["round"] == K else None)

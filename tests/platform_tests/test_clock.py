@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from sfprompt.platform import network
-from sfprompt.platform.accounting import Link
-from sfprompt.platform.client import ClientResult
-from sfprompt.platform.clock import (ClientTime, client_times, comm_seconds, jitter_rng,
-                                     message_seconds, server_queue)
-from sfprompt.platform.config import NetworkConfig
-from sfprompt.platform.network import emulate_network
-from sfprompt.platform.profiles import Profile, ServerProfile
+from sfprompt.platform.config.schema import NetworkConfig
+from sfprompt.platform.method.client import ClientResult
+from sfprompt.platform.sim import realtime as network
+from sfprompt.platform.sim.clock import (ClientTime, client_times, comm_seconds, jitter_rng,
+                                         message_seconds, server_queue)
+from sfprompt.platform.sim.profiles import Profile, ServerProfile
+from sfprompt.platform.sim.realtime import emulate_network
+from sfprompt.platform.wire.link import Link
 
 # 1 GFLOP/s; uplink 8 Mbit/s = 1 MB/s, downlink 16 Mbit/s = 2 MB/s; 50 ms one way.
 PHONE = Profile("hand", 1e9, 8e6, 16e6, 0.05, 0.0, 1.0, 2**30)

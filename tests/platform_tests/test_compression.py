@@ -3,16 +3,19 @@ and which traffic they apply to in a real split step."""
 
 import pytest
 import torch
-
 from tinyvit import tiny_vit
-from sfprompt.platform.accounting import Flops, Link
-from sfprompt.platform.compression import CODECS, cut_codecs
-from sfprompt.platform.config import CompressConfig, load_config
+
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import CompressConfig
 from sfprompt.platform.errors import ConfigError
-from sfprompt.platform.methods import METHODS, set_trainable
-from sfprompt.platform.server import BodyServer
-from sfprompt.platform.split import split_vit
-from sfprompt.platform.steps import split_update
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.method.steps import split_update
+from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.split import split_vit
+from sfprompt.platform.wire.codecs import CODECS, cut_codecs
+from sfprompt.platform.wire.flops import Flops
+from sfprompt.platform.wire.link import Link
 
 B, T, D = 2, 5, 8
 

@@ -1,6 +1,8 @@
 import pytest
 
-from sfprompt.platform.config import Config, flat_items, load_config, replace
+from sfprompt.platform.config.dotted import flat_items
+from sfprompt.platform.config.load import load_config, replace
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError
 
 

@@ -2,10 +2,12 @@
 
 import pytest
 
-from sfprompt.platform.config import load_config
-from sfprompt.platform.costmodel import client_cost, cost_table
-from sfprompt.platform.methods import METHODS
-from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.world import build_world
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.sim.costmodel import client_cost, cost_table
 
 # Dirichlet shards of unequal sizes and a batch size that leaves partial batches, so
 # every count depends on the exact batching and on pruning's rounding.

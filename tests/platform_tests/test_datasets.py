@@ -10,14 +10,9 @@ import torch
 import torchvision.datasets.cifar
 from PIL import Image
 
-from sfprompt.platform import datasets
-from sfprompt.platform.datasets import (
-    IMAGEFOLDER_SIZE,
-    load_dataset,
-    stratified_split,
-    stratified_subset,
-    to_model_input,
-)
+from sfprompt.platform.data import datasets
+from sfprompt.platform.data.datasets import (IMAGEFOLDER_SIZE, load_dataset, stratified_split,
+                                             stratified_subset, to_model_input)
 from sfprompt.platform.errors import ConfigError, SfpromptError
 
 

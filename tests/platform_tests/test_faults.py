@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sfprompt.platform.accounting import KINDS
-from sfprompt.platform.config import FaultsConfig, load_config
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import FaultsConfig
 from sfprompt.platform.errors import ConfigError
-from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.faults import MessageFaults, client_crashes, message_faults
-from sfprompt.platform.rounds import sample_clients
+from sfprompt.platform.fed.sampling import sample_clients
+from sfprompt.platform.sim.faults import MessageFaults, client_crashes, message_faults
+from sfprompt.platform.wire.link import KINDS
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 TINY = ["model.weights=random", "model.name=vit_tiny_patch16_224", "model.img_size=32",

@@ -5,16 +5,17 @@ centralized = federated VPT for one client holding everything, minus the traffic
 import numpy as np
 import pytest
 import torch
-
 from tinyvit import tiny_vit
-from sfprompt.platform.accounting import nbytes
-from sfprompt.platform.client import ClientTask, Device
-from sfprompt.platform.config import load_config
-from sfprompt.platform.methods import (METHODS, make_optimizer, prompt_length, set_trainable,
-                                       world_config)
-from sfprompt.platform.rounds import build_split, build_world
-from sfprompt.platform.server import BodyServer
-from sfprompt.platform.split import split_vit
+
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.loop.world import build_world, world_config
+from sfprompt.platform.method.client import ClientTask, Device
+from sfprompt.platform.method.registry import METHODS, prompt_length
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.method.trainable import make_optimizer, set_trainable
+from sfprompt.platform.model.build import build_split
+from sfprompt.platform.model.split import split_vit
+from sfprompt.platform.wire.link import nbytes
 
 CUT = {"smashed_up", "activations_down", "gradients_up", "gradients_down"}
 # Written out by hand from DESIGN.md section 1, not derived from the registry:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from sfprompt.platform import partition as partition_module
+from sfprompt.platform.data import partition as partition_module
+from sfprompt.platform.data.partition import PARTITIONERS, partition
 from sfprompt.platform.errors import ConfigError
-from sfprompt.platform.partition import PARTITIONERS, partition
 
 # 10 classes of unequal size (30, 40, ..., 120): 750 samples, in a scrambled order.
 LABELS = np.random.default_rng(123).permutation(np.repeat(np.arange(10), np.arange(30, 130, 10)))

@@ -3,8 +3,10 @@ bytes as fp32, other rounding."""
 
 import torch
 
-from sfprompt.platform.config import load_config
-from sfprompt.platform.rounds import LocalBackend, build_world, run_rounds
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.world import build_world
 
 TINY_CFG = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=16",
             "data.name=digits", "data.max_samples=60", "prompt.length=2", "fed.num_clients=2",

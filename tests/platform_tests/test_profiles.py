@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from sfprompt.cli import main
-from sfprompt.platform.config import ProfilesConfig, load_config
+from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.schema import ProfilesConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
-from sfprompt.platform.profiles import (PROFILE_SOURCES, SERVER_TIERS, TIERS, TRACE_COLUMNS,
-                                        make_profiles, parse_mix, read_trace, server_profile)
+from sfprompt.platform.sim.profiles import (PROFILE_SOURCES, SERVER_TIERS, TIERS, TRACE_COLUMNS,
+                                            make_profiles, parse_mix, read_trace, server_profile)
 
 
 @pytest.mark.parametrize("name", sorted(TIERS))

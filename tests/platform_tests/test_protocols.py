@@ -11,15 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from sfprompt.platform import network
-from sfprompt.platform.accounting import DOWN, KINDS
-from sfprompt.platform.client import ClientResult
-from sfprompt.platform.config import FedConfig, load_config, replace
-from sfprompt.platform.experiment import run_experiment
-from sfprompt.platform.profiles import Profile, ServerProfile
-from sfprompt.platform.protocols import (PROTOCOLS, deadline, is_online, over_commit,
-                                         over_commit_size, wait_all)
-from sfprompt.platform.rounds import LocalBackend, World, build_world, client_rows, run_rounds
+from sfprompt.platform.config.load import load_config, replace
+from sfprompt.platform.config.schema import FedConfig
+from sfprompt.platform.fed.protocols import (PROTOCOLS, deadline, is_online, over_commit,
+                                             over_commit_size, wait_all)
+from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.rounds import run_rounds
+from sfprompt.platform.loop.rows import client_rows
+from sfprompt.platform.loop.world import World, build_world
+from sfprompt.platform.method.client import ClientResult
+from sfprompt.platform.sim import realtime as network
+from sfprompt.platform.sim.profiles import Profile, ServerProfile
+from sfprompt.platform.wire.link import DOWN, KINDS
+from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sfprompt.platform.aggregation import AGGREGATIONS, fedavg
-from sfprompt.platform.pruning import SCORES, el2n, keep_count, select_hardest
+from sfprompt.platform.fed.aggregation import AGGREGATIONS, fedavg
+from sfprompt.platform.method.pruning import SCORES, el2n, keep_count, select_hardest
 
 
 def test_el2n_by_hand():

@@ -4,10 +4,10 @@ does) gives each client exactly what it gets alone: output, input gradient, FLOP
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-
 from tinyvit import tiny_vit
-from sfprompt.platform.server import BodyServer
-from sfprompt.platform.split import split_vit
+
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.model.split import split_vit
 
 
 def _serve(server, key, smashed, grad_out, rounds=3):

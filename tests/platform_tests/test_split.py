@@ -1,10 +1,11 @@
 import pytest
 import torch
-
 from tinyvit import TINY, VARIANTS, tiny_vit
+
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.methods import METHODS, set_trainable
-from sfprompt.platform.split import ProbeNorm, add_probe_norm, split_vit
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.split import ProbeNorm, add_probe_norm, split_vit
 
 DEPTH = TINY["depth"]
 SPLITS = [(h, t) for h in range(DEPTH + 1) for t in range(DEPTH + 1 - h)]

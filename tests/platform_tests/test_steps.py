@@ -4,13 +4,15 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
-
 from tinyvit import tiny_vit
-from sfprompt.platform.accounting import Flops, Link, count_flops, nbytes
-from sfprompt.platform.methods import METHODS, set_trainable
-from sfprompt.platform.server import BodyServer
-from sfprompt.platform.split import split_vit
-from sfprompt.platform.steps import local_loss_update, split_update
+
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.method.steps import local_loss_update, split_update
+from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.split import split_vit
+from sfprompt.platform.wire.flops import Flops, count_flops
+from sfprompt.platform.wire.link import Link, nbytes
 
 
 class Capture:

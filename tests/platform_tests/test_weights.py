@@ -14,8 +14,8 @@ import timm
 import torch
 from huggingface_hub import constants as hf_constants
 
-from sfprompt.platform import dinov2_onnx, weights
 from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.model import dinov2_onnx, weights
 
 logger = logging.getLogger(__name__)
 

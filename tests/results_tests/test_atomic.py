@@ -214,7 +214,7 @@ WRITER_CALLS = {"to_parquet", "to_csv", "to_json", "write_table", "write_text", 
 # Files written some other way on purpose, with the reason.
 NOT_RESULTS = {
     ("studies/storage.py", "open"): "study.lock: an flock'ed lock holding the owner's pid",
-    ("platform/weights.py", "save_file"): "a weights cache, not a result; temp + rename too",
+    ("platform/model/weights.py", "save_file"): "a weights cache, not a result; temp + rename too",
 }
 
 

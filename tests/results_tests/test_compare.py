@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from sfprompt.cli import main
-from sfprompt.platform.compare import compare_configs, run_compare
-from sfprompt.platform.config import load_config
+from sfprompt.platform.config.load import load_config
 from sfprompt.platform.errors import ConfigError
-from sfprompt.results.compare import load_compare, summarise, to_markdown
+from sfprompt.results.comparison import compare_configs, run_compare
 from sfprompt.results.plots import compare_plots
+from sfprompt.results.summary import load_compare, summarise, to_markdown
 from sfprompt.results.tables import read_rounds, write_rounds
 
 

@@ -164,7 +164,7 @@ def test_attach_run_log_writes_project_records(tmp_path):
     old_level = project.level
     handler = attach_run_log(tmp_path)
     try:
-        logging.getLogger("sfprompt.platform.rounds").info("round %d done", 3)
+        logging.getLogger("sfprompt.platform.loop.rounds").info("round %d done", 3)
         logging.getLogger("sfprompt.x").debug("too chatty")
         handler.flush()
     finally:
@@ -172,5 +172,5 @@ def test_attach_run_log_writes_project_records(tmp_path):
         project.setLevel(old_level)
         handler.close()
     text = (tmp_path / "run.log").read_text()
-    assert "INFO sfprompt.platform.rounds: round 3 done" in text
+    assert "INFO sfprompt.platform.loop.rounds: round 3 done" in text
     assert "too chatty" not in text

@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from sfprompt.platform.config import Config, replace
-from sfprompt.platform.methods import METHODS, set_trainable
-from sfprompt.platform.split import split_vit
-from sfprompt.platform.weights import create_vit
+from sfprompt.platform.config.load import replace
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.split import split_vit
+from sfprompt.platform.model.weights import create_vit
 from sfprompt.studies.feasibility import (Infeasible, check_memory, client_memory_bytes,
                                           saved_activation_bytes)
 

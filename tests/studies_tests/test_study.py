@@ -15,7 +15,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sfprompt.cli import main
-from sfprompt.platform.config import replace
+from sfprompt.platform.config.load import replace
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.studies.export import export_study
 from sfprompt.studies.runner import run_study, start_study

@@ -1,0 +1,143 @@
+"""Validation of a whole `Config`: ranges, names in the registries, combinations.
+
+The first bad key raises `ConfigError` naming it. This module sits above every
+registry it checks names against (methods, datasets, profile sources, codecs, ...),
+so those import only the schema, never this.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from sfprompt.platform.config.schema import (
+    BACKENDS,
+    EVAL_WORKERS,
+    NETWORK_MODES,
+    PRECISIONS,
+    Config,
+)
+from sfprompt.platform.errors import ConfigError
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {reason}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and cross-field checks; registries are imported here, not at module load,
+    so reading a config stays cheap and free of import cycles."""
+    from sfprompt.platform.data.datasets import DATASETS
+    from sfprompt.platform.data.partition import PARTITIONERS
+    from sfprompt.platform.fed.aggregation import AGGREGATIONS
+    from sfprompt.platform.method.pruning import SCORES
+    from sfprompt.platform.method.registry import METHODS
+    from sfprompt.platform.method.trainable import OPTIMIZERS
+    from sfprompt.platform.model.weights import model_depth, model_patch_size
+    from sfprompt.platform.wire.codecs import CODECS
+
+    _check(cfg.model.img_size > 0, "model.img_size", f"must be positive, got {cfg.model.img_size}")
+    run_id = cfg.run.run_id
+    _check(run_id == "" or (run_id not in (".", "..") and Path(run_id).name == run_id),
+           "run.run_id", f"must be a plain directory name, got {run_id!r}")
+    for key in ("split.head_blocks", "split.tail_blocks", "prompt.length",
+                "train.local_epochs", "train.split_epochs", "data.max_samples", "eval.max_samples",
+                "run.threads", "ray.num_client_actors"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 0, key, f"must be >= 0, got {value}")
+    for key in ("train.batch_size", "train.eval_batch_size", "eval.every", "fed.rounds",
+                "fed.num_clients", "fed.clients_per_round", "fed.shards_per_client",
+                "fed.min_samples"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value >= 1, key, f"must be >= 1, got {value}")
+    _check(0.0 < cfg.prune.keep <= 1.0, "prune.keep", f"must be in (0, 1], got {cfg.prune.keep}")
+    _check(0.0 < cfg.data.test_fraction < 1.0, "data.test_fraction",
+           f"must be in (0, 1), got {cfg.data.test_fraction}")
+    _check(cfg.fed.alpha > 0 and math.isfinite(cfg.fed.alpha), "fed.alpha",
+           f"must be a positive number, got {cfg.fed.alpha}")
+    _check(cfg.train.lr > 0 and math.isfinite(cfg.train.lr), "train.lr",
+           f"must be a positive number, got {cfg.train.lr}")
+    _check(cfg.train.prompt_lr >= 0 and math.isfinite(cfg.train.prompt_lr), "train.prompt_lr",
+           f"must be >= 0, got {cfg.train.prompt_lr}")
+    _check(cfg.train.pretrained_lr >= 0 and math.isfinite(cfg.train.pretrained_lr),
+           "train.pretrained_lr", f"must be >= 0, got {cfg.train.pretrained_lr}")
+    _check(cfg.train.weight_decay >= 0 and math.isfinite(cfg.train.weight_decay),
+           "train.weight_decay", f"must be a number >= 0, got {cfg.train.weight_decay}")
+    _check(0 <= cfg.train.momentum < 1, "train.momentum",
+           f"must be in [0, 1), got {cfg.train.momentum}")
+    _check(cfg.ray.timeout_s > 0 and math.isfinite(cfg.ray.timeout_s), "ray.timeout_s",
+           f"must be a positive number of seconds, got {cfg.ray.timeout_s}")
+    _check(cfg.fed.clients_per_round <= cfg.fed.num_clients, "fed.clients_per_round",
+           f"{cfg.fed.clients_per_round} exceeds fed.num_clients = {cfg.fed.num_clients}")
+    _check(cfg.split.local_pool in ("auto", "mean", "model"), "split.local_pool",
+           f"must be auto, mean or model, got {cfg.split.local_pool!r}")
+    for key, value, registry in (
+        ("data.name", cfg.data.name, DATASETS),
+        ("fed.partition", cfg.fed.partition, PARTITIONERS),
+        ("fed.aggregation", cfg.fed.aggregation, AGGREGATIONS),
+        ("prune.score", cfg.prune.score, SCORES),
+        ("train.method", cfg.train.method, METHODS),
+        ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
+        ("run.backend", cfg.run.backend, BACKENDS),
+        ("run.precision", cfg.run.precision, PRECISIONS),
+        ("eval.worker", cfg.eval.worker, EVAL_WORKERS),
+        ("compress.activations", cfg.compress.activations, CODECS),
+        ("compress.gradients", cfg.compress.gradients, CODECS),
+    ):
+        _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
+    depth, patch = model_depth(cfg.model.name), model_patch_size(cfg.model.name)
+    # timm floors the patch grid, so the rest of every row and column would be dropped.
+    _check(cfg.model.img_size % patch == 0, "model.img_size",
+           f"{cfg.model.img_size} is not a multiple of the {patch} px patches of {cfg.model.name}")
+    used = cfg.split.head_blocks + cfg.split.tail_blocks
+    _check(used <= depth, "split",
+           f"head_blocks + tail_blocks = {used} exceeds the {depth} blocks of {cfg.model.name}")
+    _validate_clock(cfg)
+    _validate_faults(cfg)
+
+
+def _validate_clock(cfg: Config) -> None:
+    """The virtual clock's settings: profiles, network emulation, round protocol."""
+    from sfprompt.platform.fed.protocols import PROTOCOLS
+    from sfprompt.platform.sim.profiles import PROFILE_SOURCES, SERVER_TIERS, TIERS, parse_mix
+
+    for key, value, registry in (
+        ("profiles.source", cfg.profiles.source, PROFILE_SOURCES),
+        ("profiles.tier", cfg.profiles.tier, TIERS),
+        ("profiles.server", cfg.profiles.server, SERVER_TIERS),
+        ("network.mode", cfg.network.mode, NETWORK_MODES),
+        ("fed.protocol", cfg.fed.protocol, PROTOCOLS),
+    ):
+        _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
+    parse_mix(cfg.profiles.mix)  # raises ConfigError naming profiles.mix
+    _check(cfg.profiles.source != "trace" or bool(cfg.profiles.trace), "profiles.trace",
+           "must name a CSV or Parquet file when profiles.source = 'trace'")
+    for key, value, low in (("profiles.sigma", cfg.profiles.sigma, 0.0),
+                            ("network.time_scale", cfg.network.time_scale, 0.0),
+                            ("fed.over_commit", cfg.fed.over_commit, 1.0)):
+        _check(value >= low and math.isfinite(value), key, f"must be a number >= {low}, got {value}")
+    _check(cfg.fed.deadline_s > 0 and math.isfinite(cfg.fed.deadline_s), "fed.deadline_s",
+           f"must be a positive number, got {cfg.fed.deadline_s}")
+    _check(cfg.profiles.server_concurrency >= 0, "profiles.server_concurrency",
+           f"must be >= 0, got {cfg.profiles.server_concurrency}")
+    sampled = PROTOCOLS[cfg.fed.protocol].sample_size(cfg.fed)
+    _check(sampled <= cfg.fed.num_clients, "fed.over_commit",
+           f"{cfg.fed.protocol} samples {sampled} clients, more than fed.num_clients = "
+           f"{cfg.fed.num_clients}")
+
+
+def _validate_faults(cfg: Config) -> None:
+    f = cfg.faults
+    for key, value in (("faults.client_crash", f.client_crash),
+                       ("faults.delay_spike", f.delay_spike)):
+        _check(0.0 <= value <= 1.0, key, f"must be a probability in [0, 1], got {value}")
+    # 1 would retransmit forever.
+    _check(0.0 <= f.message_loss < 1.0, "faults.message_loss",
+           f"must be in [0, 1), got {f.message_loss}")
+    _check(f.delay_spike_s >= 0 and math.isfinite(f.delay_spike_s), "faults.delay_spike_s",
+           f"must be a number of seconds >= 0, got {f.delay_spike_s}")
+    _check(0 <= f.server_crash_round <= cfg.fed.rounds, "faults.server_crash_round",
+           f"must be a round in [0, fed.rounds = {cfg.fed.rounds}], got {f.server_crash_round}")

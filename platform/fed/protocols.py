@@ -1,0 +1,93 @@
+"""Round protocols: how many clients a round samples, which of those that ran are
+aggregated, and when the round ends in simulated time.
+
+A protocol is one registered `Protocol`: `sample_size(fed)` and `select(fed, finish)`,
+where `finish` holds the simulated finish time of every client that ran (clock.py).
+Each client of a round ends with one status:
+
+    ok        aggregated
+    late      over `fed.deadline_s` under the deadline protocol; not aggregated
+    dropped   beyond the first `clients_per_round` to finish under over-commit
+    offline   not there when sampled (probability 1 - availability); runs nothing
+    failed    its work was lost (its process crashed, injected or not): not
+              aggregated, nothing of it counted
+
+The simulation's dilemma: a real coordinator learns that a client is late while it is
+still working, but here a client's time is known only after its work has run, because
+its FLOPs and bytes are counted by running it. So late and dropped clients run in full
+and their cost is counted (it was spent: the round's bytes and FLOPs include it); only
+their updates are discarded. Offline clients are decided before any work, from a
+generator seeded by (run seed, round, client), so they cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sfprompt.platform.config.schema import FedConfig
+
+STATUSES = ("ok", "late", "dropped", "offline", "failed")
+_AVAILABILITY_STREAM = 0xA7A1  # keeps availability draws apart from other seeded streams
+
+Select = Callable[[FedConfig, Sequence[float]], tuple[list[str], float]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    sample_size: Callable[[FedConfig], int]
+    select: Select  # finish times of the clients that ran -> (statuses, round seconds)
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def _clients_per_round(fed: FedConfig) -> int:
+    return fed.clients_per_round
+
+
+def register_protocol(name: str, sample_size: Callable[[FedConfig], int] = _clients_per_round):
+    def add(fn: Select) -> Select:
+        PROTOCOLS[name] = Protocol(sample_size, fn)
+        return fn
+    return add
+
+
+@register_protocol("wait_all")
+def wait_all(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], float]:
+    """Everyone is aggregated; the round lasts as long as its slowest client."""
+    return ["ok"] * len(finish), max(finish, default=0.0)
+
+
+@register_protocol("deadline")
+def deadline(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], float]:
+    """Clients finishing after `fed.deadline_s` are late; the coordinator waits for the
+    deadline only when someone misses it."""
+    statuses = ["ok" if t <= fed.deadline_s else "late" for t in finish]
+    end = fed.deadline_s if "late" in statuses else max(finish, default=0.0)
+    return statuses, end
+
+
+def over_commit_size(fed: FedConfig) -> int:
+    """ceil(c x K); rounded first so that 1.3 x 10 = 13.000000000000002 samples 13."""
+    return math.ceil(round(fed.over_commit * fed.clients_per_round, 9))
+
+
+@register_protocol("over_commit", sample_size=over_commit_size)
+def over_commit(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], float]:
+    """The first `clients_per_round` to finish are aggregated (ties: lower position
+    first) and the round ends with the last of them; the others are dropped."""
+    order = sorted(range(len(finish)), key=lambda i: (finish[i], i))
+    kept = set(order[:fed.clients_per_round])
+    statuses = ["ok" if i in kept else "dropped" for i in range(len(finish))]
+    return statuses, max((finish[i] for i in kept), default=0.0)
+
+
+def is_online(seed: int, round_: int, client: int, availability: float) -> bool:
+    """Whether a sampled client is there: its own draw, so it does not depend on who
+    else was sampled or on the backend."""
+    draw = np.random.default_rng([seed, round_, client, _AVAILABILITY_STREAM]).random()
+    return bool(draw < availability)

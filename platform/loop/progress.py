@@ -1,0 +1,30 @@
+"""What the round loop carries from round to round, and so what a checkpoint holds.
+
+No random-number state carries over: every draw comes from a generator seeded by
+(seed, round[, client]), and the model's initial state from `run.seed` when the world
+is rebuilt. What the backends hold between rounds is either rebuilt from the config
+(the frozen model parts) or kept here: the global trainable state, and the server's
+body and optimizer when the method trains it (sfl).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfprompt.platform.method.client import State
+
+
+@dataclass
+class Progress:
+    """The round loop's state between rounds (run_rounds updates it in place)."""
+
+    global_state: State
+    round: int = 0  # rounds finished
+    visited: set[int] = field(default_factory=set)  # clients that received the frozen head
+    elapsed: float = 0.0  # simulated seconds so far
+    # Tensors the aggregation rule keeps between rounds (e.g. a server momentum
+    # buffer); a rule that takes a `memory` argument updates this dict in place.
+    aggregation: State = field(default_factory=dict)
+    # BodyServer.state_dict() when the method trains the body, else None.
+    server: dict[str, Any] | None = None

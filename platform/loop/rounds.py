@@ -1,0 +1,175 @@
+"""The round loop, written once for every backend.
+
+    for each round:
+        sample clients (protocol) -> drop the offline ones -> backend runs each online
+        client's round (method.client_round) -> virtual clock: simulated times ->
+        protocol: who is aggregated, when the round ends -> aggregate the uploaded
+        states (weights = kept samples) -> evaluate -> one row
+
+A client whose work is lost (its process crashed: an injected `faults.client_crash`
+or a real one the Ray backend survived) returns no result and is "failed". The
+loop's state between rounds is a `Progress`, so a run can resume from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sfprompt.platform.fed.aggregation import AGGREGATIONS
+from sfprompt.platform.fed.protocols import PROTOCOLS, is_online
+from sfprompt.platform.fed.sampling import client_seed, sample_clients
+from sfprompt.platform.loop.backend import Backend
+from sfprompt.platform.loop.evaluation import PendingEvaluation, evaluates
+from sfprompt.platform.loop.progress import Progress
+from sfprompt.platform.loop.rows import Outcome, round_row
+from sfprompt.platform.loop.world import World, initial_progress
+from sfprompt.platform.method.client import ClientTask
+from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.sim.clock import client_times, message_seconds
+from sfprompt.platform.sim.faults import client_crashes, message_faults
+
+log = logging.getLogger(__name__)
+
+
+def run_rounds(world: World, backend: Backend,
+               progress: Progress | None = None) -> Iterator[tuple[dict, list[Outcome]]]:
+    """The federated loop; yields each round's row and the outcome of every sampled client.
+
+    It continues from `progress` (a checkpoint's; default: before round 1) and updates
+    it in place before each yield, so the caller can checkpoint it after any round.
+
+    When the backend overlaps evaluation, the loop trains round r+1 while round r's
+    model is evaluated and yields round r after that: it works on a copy (`work`) one
+    round ahead, and `progress` becomes round r's state when round r is yielded. The
+    rows are the same either way; only when they arrive differs.
+    """
+    cfg = world.cfg
+    progress = progress if progress is not None else initial_progress(world)
+    if METHODS[cfg.train.method].server_trains and progress.server is not None:
+        backend.restore_server(progress.server)
+    overlap = backend.overlaps_evaluation
+    work = _copy(progress) if overlap else progress
+    waiting = None  # a trained round whose row is not yet yielded (_Trained)
+    try:
+        for round_ in range(progress.round + 1, cfg.fed.rounds + 1):
+            start = time.perf_counter()
+            row, outcomes = _train_round(world, backend, work, round_)
+            pending = backend.evaluate(work.global_state) if evaluates(cfg, round_) else None
+            row["wall_seconds"] = time.perf_counter() - start
+            trained = _Trained(row, outcomes, _copy(work) if overlap else None, pending)
+            if not overlap:
+                yield trained.finish(progress)
+                continue
+            if waiting is not None:
+                yield waiting.finish(progress)
+            waiting = trained
+    except Exception:
+        if waiting is not None:  # a failed round loses nothing of the one before it
+            yield waiting.finish(progress)
+        raise
+    if waiting is not None:
+        yield waiting.finish(progress)
+
+
+@dataclass
+class _Trained:
+    """A round trained and aggregated, its evaluation perhaps still running."""
+
+    row: dict
+    outcomes: list[Outcome]
+    state: Progress | None  # the loop's state after this round, when it ran ahead
+    evaluation: PendingEvaluation | None  # None: not evaluated this round (eval.every)
+
+    def finish(self, progress: Progress) -> tuple[dict, list[Outcome]]:
+        """The round's row with its evaluation, and `progress` made its state."""
+        start = time.perf_counter()
+        if self.evaluation is not None:
+            self.row["accuracy"], self.row["loss"] = self.evaluation()
+        self.row["wall_seconds"] += time.perf_counter() - start  # waiting for it
+        if self.state is not None:
+            for f in dataclasses.fields(Progress):
+                setattr(progress, f.name, getattr(self.state, f.name))
+        return self.row, self.outcomes
+
+
+def _copy(progress: Progress) -> Progress:
+    """A copy that later rounds cannot change: they replace the global state's dict
+    (aggregation builds a new one) but grow `visited` and may update the aggregation
+    rule's memory in place."""
+    return dataclasses.replace(progress, global_state=dict(progress.global_state),
+                               visited=set(progress.visited),
+                               aggregation={k: v.clone() for k, v in progress.aggregation.items()})
+
+
+def _train_round(world: World, backend: Backend, progress: Progress,
+                 round_: int) -> tuple[dict, list[Outcome]]:
+    """Round `round_` up to its evaluation: its row (accuracy and loss NaN) and
+    outcomes, with `progress` updated to the state after it."""
+    cfg = world.cfg
+    protocol = PROTOCOLS[cfg.fed.protocol]
+    aggregate = AGGREGATIONS[cfg.fed.aggregation]
+    sampled = sample_clients(cfg, round_, protocol.sample_size(cfg.fed))
+    online: list[int] = []
+    offline: list[int] = []
+    for c in sampled:
+        there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
+        (online if there else offline).append(c)
+    tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
+                        first_visit=c not in progress.visited,
+                        crash=client_crashes(cfg.faults, cfg.run.seed, round_, c))
+             for c in online]
+    crashed = {t.client for t in tasks if t.crash}
+    if crashed:
+        log.warning("round %d: injected crash of client(s) %s", round_, sorted(crashed))
+    if round_ == cfg.faults.server_crash_round:
+        log.warning("round %d: injected server crash", round_)
+        backend.crash_server()
+    results = sorted(backend.run_clients(tasks, progress.global_state) if tasks else [],
+                     key=lambda r: r.client)
+    progress.visited.update(r.client for r in results)  # the failed may not have the head
+    failed = sorted({t.client for t in tasks} - {r.client for r in results})
+    if set(failed) - crashed:
+        log.warning("round %d: client(s) %s failed: their work was lost",
+                    round_, sorted(set(failed) - crashed))
+    profiles = [world.profiles[r.client] for r in results]
+    times = client_times(results, profiles, world.server, cfg.run.seed, round_)
+    # Lost messages and delay spikes cost time on the client's link (faults.py).
+    faults = [message_faults(cfg.faults, lambda kind, n, p=p: message_seconds(p, kind, n),
+                             r.bytes, r.messages, cfg.run.seed, round_, r.client)
+              for r, p in zip(results, profiles)]
+    times = [dataclasses.replace(t, comm=t.comm + f.seconds) for t, f in zip(times, faults)]
+    statuses, seconds = protocol.select(cfg.fed, [t.finish for t in times])
+    progress.elapsed += seconds
+    outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f)
+                       for r, s, t, f in zip(results, statuses, times, faults)]
+                      + [Outcome(c, world.profiles[c], "offline") for c in offline]
+                      + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
+                         for c in failed],
+                      key=lambda o: o.client)
+    aggregated = [o.result for o in outcomes if o.status == "ok"]
+    if aggregated:
+        # A rule that keeps state between rounds takes it as `memory` (checkpoint.Progress).
+        keeps_memory = "memory" in inspect.signature(aggregate).parameters
+        memory = {"memory": progress.aggregation} if keeps_memory else {}
+        progress.global_state = aggregate([r.state for r in aggregated],
+                                          [r.num_kept for r in aggregated], **memory)
+    else:
+        log.warning("round %d: no client update to aggregate; the global state stays", round_)
+    row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,
+                    int(round_ == cfg.faults.server_crash_round))
+    if aggregated and not math.isfinite(row["train_loss"]):
+        log.warning("round %d: training loss is %s", round_, row["train_loss"])
+    if row["faults.lost_messages"] or row["faults.delay_spikes"]:
+        log.info("round %d: %d lost messages resent (%d bytes), %d delay spikes", round_,
+                 row["faults.lost_messages"], row["faults.retransmitted_bytes"],
+                 row["faults.delay_spikes"])
+    progress.round = round_
+    if METHODS[cfg.train.method].server_trains:
+        progress.server = backend.server_state()
+    return row, outcomes

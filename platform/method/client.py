@@ -1,0 +1,107 @@
+"""A client's work order and report, and the `Device` that runs any client's work.
+
+A simulated client is *state* (its shard of sample indices, later its profile) plus
+*work*. The work runs on a `Device`: one copy of the client-side model parts and of the
+training set, reloaded with the global state for each client. So one process (or one
+Ray actor) serves any number of simulated clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sfprompt.platform.data.datasets import to_model_input
+from sfprompt.platform.model.split import SplitModel
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """What the coordinator hands out: who, which round, which samples, which seed."""
+
+    client: int
+    round: int
+    indices: np.ndarray  # (n,) positions in the training set
+    seed: int
+    first_visit: bool  # the client has never received the frozen head
+    crash: bool = False  # injected fault: the client's process dies on receiving this
+
+
+@dataclass
+class ClientResult:
+    """What comes back: the uploaded state and everything measured on the way."""
+
+    client: int
+    state: State
+    num_samples: int
+    num_kept: int
+    train_loss: float  # mean loss of the last training phase that ran
+    local_loss: float  # mean loss of the local-loss update (nan if it did not run)
+    bytes: dict[str, int] = field(default_factory=dict)  # by traffic kind
+    messages: dict[str, int] = field(default_factory=dict)  # by traffic kind
+    client_flops: int = 0
+    server_flops: int = 0  # filled in by the coordinator from the server's counter
+
+
+def parameters_by_name(model: torch.nn.Module, trainable: bool) -> State:
+    """The (detached) parameters of `model` that train, or those that do not."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad == trainable}
+
+
+# Buffers learned from data (split.ProbeNorm's): they travel and are averaged like weights.
+STATISTICS = ("running_mean", "running_var")
+
+
+def client_state(model: torch.nn.Module) -> State:
+    """The state a client trains and uploads, by name (`head.prompts`, `tail.*`): its
+    trainable parameters and the running statistics of its normalisation."""
+    state = parameters_by_name(model, trainable=True)
+    state.update({n: b.detach() for n, b in model.named_buffers()
+                  if n.rsplit(".", 1)[-1] in STATISTICS})
+    return state
+
+
+class Device:
+    """Client-side model parts and training data; `load` then train then `state`."""
+
+    def __init__(self, split: SplitModel, images: torch.Tensor, labels: torch.Tensor, *,
+                 img_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.split = split
+        self.images = images  # (N, C, H, W) uint8: the raw set stays small in memory
+        self.labels = labels  # (N,) int64
+        self._norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
+        self.client_model = split.client()
+        self.parameters = list(self.client_model.parameters())
+        # FLOPs of each distinct step, counted once for every client this device serves
+        # (accounting.Flops); None counts every step afresh.
+        self.flop_cache: dict | None = {}
+
+    def batches(self, indices: np.ndarray, batch_size: int,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Model-ready batches of `indices`, shuffled by `generator` when given."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if generator is not None:
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            yield to_model_input(self.images[chunk], **self._norm), self.labels[chunk]
+
+    def state(self) -> State:
+        """What trains on the client and travels (client_state)."""
+        return client_state(self.client_model)
+
+    def frozen_state(self) -> State:
+        """The client-side parameters that never train: sent once, on a first visit."""
+        return parameters_by_name(self.client_model, trainable=False)
+
+    @torch.no_grad()
+    def load(self, state: State) -> None:
+        params = {**dict(self.client_model.named_parameters()),
+                  **dict(self.client_model.named_buffers())}
+        for name, value in state.items():
+            params[name].copy_(value)

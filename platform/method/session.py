@@ -1,0 +1,55 @@
+"""One client's round in progress: from the model's arrival to the upload.
+
+A `Session` holds the round's link (every tensor that crosses is counted there), its
+FLOP counter, its seeded generator and its optimizer, so a method's client round is
+only its steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.trainable import make_optimizer
+from sfprompt.platform.wire.codecs import cut_codecs
+from sfprompt.platform.wire.flops import Flops, trainable_signature
+from sfprompt.platform.wire.link import Link
+
+
+class Session:
+    """One client's round in progress: its link, FLOP counter, seeded generator and
+    optimizer, from the model's arrival to the upload. `federated=False` (pooled data,
+    nothing to send) loads and returns the state without crossing any link."""
+
+    def __init__(self, cfg: Config, device: Device, task: ClientTask, global_state: State,
+                 federated: bool = True) -> None:
+        self.cfg, self.device, self.task, self.federated = cfg, device, task, federated
+        self.link = Link(cut_codecs(cfg.compress))
+        self.flops = Flops(device.flop_cache, trainable_signature(device.parameters))
+        if federated:
+            frozen = device.frozen_state() if task.first_visit else {}
+            if frozen:
+                self.link.send_held("head_download", frozen)
+            global_state = self.link.send("download", global_state)
+        device.load(global_state)
+        self.generator = torch.Generator().manual_seed(task.seed)
+        self.optimizer = make_optimizer(cfg, device)
+
+    def batches(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training batches of `indices`, shuffled by the round's generator."""
+        return self.device.batches(indices, self.cfg.train.batch_size, self.generator)
+
+    def result(self, kept: int, train_loss: float, local_loss: float = math.nan) -> ClientResult:
+        state = self.device.state()
+        state = (self.link.send("upload", state) if self.federated
+                 else {k: v.clone() for k, v in state.items()})
+        return ClientResult(client=self.task.client, state=state,
+                            num_samples=len(self.task.indices), num_kept=kept,
+                            train_loss=train_loss, local_loss=local_loss,
+                            bytes=dict(self.link.bytes), messages=dict(self.link.messages),
+                            client_flops=self.flops["client"])

@@ -1,0 +1,49 @@
+"""SFPrompt (arXiv 2407.17533): one client's round, the paper's steps in order.
+
+    1. download   the global prompts and tail (and, on a first visit, the frozen head)
+    2. prune      EL2N: score every local sample on the local path, keep the hardest
+                  `prune.keep` of them
+    3. local loss `train.local_epochs` epochs on the local path head -> tail, no server
+    4. split      `train.split_epochs` epochs on the full path head -> server's frozen
+                  body -> tail: smashed data up, activations down, gradients up
+    5. upload     the trained prompts and tail, for FedAvg with the other clients'
+
+Only the prompts (in the head) and the tail train; the body stays frozen on the server.
+The open choices this implements are in docs/design.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.pruning import SCORES, select_hardest
+from sfprompt.platform.method.registry import register_method
+from sfprompt.platform.method.session import Session
+from sfprompt.platform.method.steps import (kept_positions, local_loss_update, score_samples,
+                                            split_update)
+
+
+def _prompts_and_tail(name: str) -> bool:
+    return name == "head.prompts" or name.startswith("tail.")
+
+
+@register_method("sfprompt", trains=_prompts_and_tail)
+def sfprompt_round(cfg: Config, device: Device, task: ClientTask, global_state: State,
+                   server) -> ClientResult:
+    """Download, EL2N pruning, local-loss update, split training, upload (DESIGN §1)."""
+    s = Session(cfg, device, task, global_state)
+    kept = task.indices
+    if cfg.prune.keep < 1.0:
+        scores = score_samples(device.split, device.batches(task.indices, cfg.train.eval_batch_size),
+                               SCORES[cfg.prune.score], s.generator, s.flops)
+        kept = task.indices[kept_positions(select_hardest(scores, cfg.prune.keep, s.generator))]
+    local_loss = train_loss = math.nan
+    for _ in range(cfg.train.local_epochs):
+        local_loss = train_loss = local_loss_update(device.split, s.batches(kept), s.optimizer,
+                                                    s.flops)
+    for _ in range(cfg.train.split_epochs):
+        train_loss = split_update(device.split, s.batches(kept), s.optimizer, server, s.link,
+                                  task.client, s.flops)
+    return s.result(len(kept), train_loss, local_loss)

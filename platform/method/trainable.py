@@ -1,0 +1,59 @@
+"""What trains, and how: the trainable set of a method, parameter kinds, optimizers.
+
+Parameters that start from scratch (prompts, the classifier) and pretrained ones get
+their own learning rates; the optimizer is made fresh every round, since clients keep
+no optimizer state between rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.method.client import Device
+from sfprompt.platform.method.registry import Method
+from sfprompt.platform.model.split import SplitModel
+
+
+def set_trainable(split: SplitModel, method: Method) -> None:
+    """Place the body where `method` runs it, then set what trains: on the client by
+    `method.trains`, and the body, when it stays on the server, by `server_trains`."""
+    split.client_body = method.client_body
+    for name, param in split.client().named_parameters():
+        param.requires_grad_(method.trains(name))
+    if not method.client_body:
+        for param in split.body.parameters():
+            param.requires_grad_(method.server_trains)
+
+
+def parameter_kind(name: str) -> str:
+    """prompts | classifier (both start from scratch) | pretrained."""
+    if name == "head.prompts":
+        return "prompts"
+    return "classifier" if name.startswith("tail.head.") else "pretrained"
+
+
+def is_new(name: str) -> bool:
+    """Parameters that start from scratch rather than from the pretrained model."""
+    return parameter_kind(name) != "pretrained"
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Config], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, momentum=cfg.train.momentum,
+                                               weight_decay=cfg.train.weight_decay),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay),
+}
+
+
+def make_optimizer(cfg: Config, device: Device) -> torch.optim.Optimizer:
+    """`train.optimizer`, fresh every round (clients keep no optimizer state between
+    rounds), with one learning rate per kind of parameter: `train.prompt_lr` for the
+    prompts, `train.lr` for the classifier, `train.pretrained_lr` for pretrained ones."""
+    named = [(n, p) for n, p in device.client_model.named_parameters() if p.requires_grad]
+    rates = {"prompts": cfg.train.prompt_lr, "classifier": cfg.train.lr,
+             "pretrained": cfg.train.pretrained_lr}
+    groups = [{"params": [p for n, p in named if parameter_kind(n) == kind], "lr": lr}
+              for kind, lr in rates.items()]
+    return OPTIMIZERS[cfg.train.optimizer]([g for g in groups if g["params"]], cfg)

@@ -1,0 +1,38 @@
+"""The split model of a run, built once the same way for every user of it.
+
+The coordinator, the server actor, client and evaluation actors, the cost model and
+the feasibility check of studies all call `build_split`: same seed, same weights, the
+same trainable set, so no model needs to travel between processes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.method.registry import METHODS, prompt_length
+from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.split import SplitModel, add_probe_norm, split_vit
+from sfprompt.platform.model.weights import create_vit
+
+
+def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
+    """The split model with the method's trainable set; same seed => same initial state
+    in every process (classifier and prompt init draw from the seeded torch RNG)."""
+    torch.manual_seed(cfg.run.seed)
+    vit = create_vit(cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
+                     weights=cfg.model.weights)
+    vit.eval()  # no dropout or drop-path: the parts are trained, the model is not sampled
+    # A zero classifier starts every client from uniform predictions, so the first
+    # round's updates are about the data rather than about a random head's bias.
+    torch.nn.init.zeros_(vit.head.weight)
+    torch.nn.init.zeros_(vit.head.bias)
+    if cfg.model.probe_norm:
+        add_probe_norm(vit)
+    split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, prompt_length(cfg),
+                      cfg.split.local_pool)
+    set_trainable(split, METHODS[cfg.train.method])
+    pcfg = vit.pretrained_cfg
+    norm = dict(img_size=cfg.model.img_size, mean=tuple(pcfg.get("mean", (0.5,) * 3)),
+                std=tuple(pcfg.get("std", (0.5,) * 3)))
+    return split, norm

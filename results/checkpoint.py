@@ -1,0 +1,62 @@
+"""Checkpoints: everything the round loop needs to continue a run where it stopped.
+
+After every round the run directory gets `checkpoint.pt` (atomically: temp file, fsync,
+rename), so a run killed at any moment resumes from its last finished round
+(`sfprompt resume RUN_DIR`) and ends with the numbers an uninterrupted run has. It
+holds the loop's `Progress` and the table rows so far.
+
+Rows hold plain numbers and strings, and tensors are plain tensors, so the file loads
+with `torch.load(weights_only=True)`: resuming never runs code from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.loop.progress import Progress
+from sfprompt.results.atomic import atomic_open
+
+CHECKPOINT = "checkpoint.pt"
+
+
+_FORMAT = 1  # bumped when the layout changes; an old file is refused, not misread
+
+
+def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],
+                    clients: list[dict]) -> None:
+    """(Re)write `run_dir/checkpoint.pt` with `progress` and the table rows so far."""
+    payload = {"format": _FORMAT, "round": int(progress.round),
+               "global_state": progress.global_state,
+               "visited": sorted(int(c) for c in progress.visited),
+               "elapsed": float(progress.elapsed), "aggregation": progress.aggregation,
+               "server": progress.server, "rounds": [_plain(r) for r in rounds],
+               "clients": [_plain(r) for r in clients]}
+    with atomic_open(Path(run_dir) / CHECKPOINT) as f:
+        torch.save(payload, f)
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[Progress, list[dict], list[dict]] | None:
+    """`(progress, rounds rows, clients rows)` of `run_dir`, or None when no round finished."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as err:  # a foreign or damaged file: say which, not a pickle trace
+        raise SfpromptError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if payload.get("format") != _FORMAT:
+        raise SfpromptError(f"{path}: checkpoint format {payload.get('format')!r}, "
+                            f"this version reads {_FORMAT}")
+    progress = Progress(global_state=payload["global_state"], round=payload["round"],
+                        visited=set(payload["visited"]), elapsed=payload["elapsed"],
+                        aggregation=payload["aggregation"], server=payload["server"])
+    return progress, payload["rounds"], payload["clients"]
+
+
+def _plain(row: dict) -> dict:
+    """A row with numpy scalars as Python numbers (weights_only loads no numpy types)."""
+    return {k: v.item() if hasattr(v, "item") and not isinstance(v, torch.Tensor) else v
+            for k, v in row.items()}
