@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,11 +47,11 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from sfprompt.actors.clients import ClientPool, PoolRun, get_within
+from sfprompt.actors.cluster import actor_threads, connect, pool_shape, server_options
 from sfprompt.actors.evaluator import EvaluationActor
 from sfprompt.actors.server import ServerActor
 from sfprompt.actors.wire import state_to_wire
-from sfprompt.platform.config.schema import RayConfig
-from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.loop.backend import Backend, LocalBackend
 from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
 from sfprompt.platform.loop.world import World
@@ -67,72 +65,6 @@ QUEUE_DEPTH = 2
 # Restarts of the server actor per run (and server losses retried per round) before
 # the run gives up: a server that keeps dying is a problem to report, not to hide.
 SERVER_RESTARTS = 3
-# Seconds to wait for a TCP connection to `ray.address` before calling it unreachable.
-CONNECT_TIMEOUT_S = 5.0
-
-
-def connect(cfg: RayConfig) -> bool:
-    """Start or join Ray as `ray.address` says; True when this call started it (and the
-    backend should shut it down). An existing connection (a notebook, tests) is used as is."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
-    common = dict(namespace=f"sfprompt-{uuid.uuid4().hex[:12]}", logging_level=logging.WARNING)
-    if not cfg.address:  # "local" starts a new instance even when another runs here
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
-        return True
-    check_reachable(cfg.address)
-    try:
-        ray.init(address=cfg.address, **common)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"ray.address: cannot join {cfg.address!r}: {first}") from None
-    return True
-
-
-def check_reachable(address: str) -> None:
-    """Fail fast on a "host:port" nobody answers at: `ray.init` would retry for minutes.
-    ("auto" and "ray://" addresses are left to Ray, which fails quickly on them.)"""
-    host, sep, port = address.rpartition(":")
-    if address == "auto" or address.startswith("ray://") or not sep or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise ConfigError(f"ray.address: cannot reach {address} "
-                          f"({err.strerror or type(err).__name__})") from None
-
-
-def server_options(cfg: RayConfig) -> dict:
-    """Resources of the server actor: the configured custom resource, else a GPU when the
-    cluster has one, else a CPU. It always takes one CPU for its own thread."""
-    total = ray.cluster_resources()
-    if cfg.server_resource:
-        if total.get(cfg.server_resource, 0) < 1:
-            have = ", ".join(sorted(k for k in total if not k.startswith("node:"))) or "none"
-            raise ConfigError(f"ray.server_resource: no node has resource "
-                              f"{cfg.server_resource!r} (the cluster has: {have})")
-        return {"num_cpus": 1, "resources": {cfg.server_resource: 1}}
-    if total.get("GPU", 0) >= 1:
-        return {"num_cpus": 1, "num_gpus": 1}
-    return {"num_cpus": 1}
-
-
-def pool_shape(cfg: RayConfig, server_cpus: float) -> tuple[int, float]:
-    """(client actors, CPUs each): one actor per CPU the server leaves free (at least 1),
-    or `ray.num_client_actors` sharing those CPUs when it asks for more than there are."""
-    free = ray.available_resources().get("CPU", 0.0) - server_cpus
-    size = cfg.num_client_actors or max(1, int(free))
-    return size, (min(1.0, free / size) if free > 0 else 1.0)
-
-
-def actor_threads(run_threads: int, pool_size: int, available: int) -> int:
-    """torch threads of every actor: `run.threads` when set (then every float equals the
-    local backend's); else this process's `available` threads shared among the client
-    actors, at least 1 each. They compute at the same time, and one torch pool per actor
-    as wide as the node oversubscribes it: on a 16-core node with 15 client actors a
-    round took 2.1x as long with 16 threads each as with 1 (README, GPU)."""
-    return run_threads or max(1, available // pool_size)
 
 
 class RayBackend:

@@ -1,7 +1,7 @@
 """Client actors: a few processes that run the round of any of many simulated clients.
 
 A simulated client is data that travels with its work (`ClientTask`: shard indices and
-seed; its profile) and a result that comes back; an actor is one `Device`, the
+seed; its profile) and a result that comes back; an actor is one `ClientWorker`, the
 client-side model parts, reloaded with the global state for every client it serves.
 So 10,000 registered clients cost 10,000 small index arrays in the coordinator and a
 pool of actors sized to the machine, not 10,000 processes.
@@ -38,7 +38,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from sfprompt.actors.wire import from_wire, state_from_wire, state_to_wire, to_wire
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.model.build import build_split
 from sfprompt.platform.model.precision import autocast
@@ -105,11 +105,11 @@ class ServerProxy:
 
 
 class ClientActor:
-    """One Device serving any client; create with `ray.remote(ClientActor).options(...)`."""
+    """One ClientWorker serving any client; create with `ray.remote(ClientActor).options(...)`."""
 
     def __init__(self, cfg: Config, num_classes: int, norm: dict, images: np.ndarray,
                  labels: np.ndarray, server: ActorHandle | None, threads: int) -> None:
-        torch.set_num_threads(threads)  # the count backend.actor_threads chose
+        torch.set_num_threads(threads)  # the count cluster.actor_threads chose
         self.cfg = cfg
         self.method = METHODS[cfg.train.method]
         split, _ = build_split(cfg, num_classes)
@@ -119,7 +119,7 @@ class ClientActor:
             # Object-store arrays are read-only; batches are copies, nothing writes them.
             warnings.simplefilter("ignore", UserWarning)
             images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
-        self.device = Device(split, images_t, labels_t, **norm)
+        self.worker = ClientWorker(split, images_t, labels_t, **norm)
         # Methods that do not split get no server (and never call one).
         self.server = ServerProxy(server, cfg.ray.timeout_s) if server is not None else None
 
@@ -133,7 +133,7 @@ class ClientActor:
         start = time.perf_counter()
         with emulate_network(self.cfg.network, profile, task.seed), \
                 autocast(self.cfg.run.precision):
-            result = self.method.client_round(self.cfg, self.device, task,
+            result = self.method.client_round(self.cfg, self.worker, task,
                                               state_from_wire(global_state), self.server)
         seconds = {"client_round": time.perf_counter() - start,
                    "server_wait": self.server.wait_seconds if self.server else 0.0}

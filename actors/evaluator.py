@@ -31,7 +31,7 @@ class EvaluationActor:
 
     def __init__(self, cfg: Config, num_classes: int, norm: dict, images: np.ndarray,
                  labels: np.ndarray, threads: int) -> None:
-        torch.set_num_threads(threads)  # the count backend.actor_threads chose
+        torch.set_num_threads(threads)  # the count cluster.actor_threads chose
         split, _ = build_split(cfg, num_classes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # object-store arrays: read only

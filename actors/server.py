@@ -3,8 +3,8 @@
 It builds the split model from the config itself (`build_split`: same seed, same
 weights as every other process, and nothing large crosses the network) and keeps only
 the body. Client actors call `forward` and `backward` concurrently: it is a threaded
-actor, and `BodyServer` runs one request at a time (platform/server.py says why) while
-the other threads receive and deserialize theirs. Tensors arrive and leave on the CPU;
+actor, and `BodyServer` runs one request at a time (platform/method/server.py says
+why) while the other threads receive and deserialize theirs. Tensors arrive and leave on the CPU;
 the body runs on `cuda` when the actor was given a GPU.
 
 Faults: the backend starts it with `max_restarts`, so Ray rebuilds it (from the config,
@@ -14,16 +14,13 @@ optimizer from the coordinator's copy (`load_state_dict`). `crash_on_next_reques
 arms an injected crash (`faults.server_crash_round`): the process exits on the next
 forward, in the middle of a client's work, as a real crash would.
 
-Batching concurrent requests into one body call is not done: it does not pay on a CPU.
-benchmarks/server_batching.py (forward + input-gradient backward, 4 requests of 32,
-DINOv2 ViT-S/14 body at 56 px, 1 thread, 2-core host): one by one 4.67 s, batched
-4.77 s; 2 requests 2.38 s vs 2.35 s; vit_tiny at 32 px 0.71 s vs 0.72 s (results are
-bit-identical either way). At 2 threads on the busy shared host batching was 2.3x
-faster, but only because fewer, larger parallel regions suffer less from cores taken
-by other processes. And requests only coincide with two or more client actors, while
-the automatic pool on a 2-core host has one. On a GPU serving many client actors
-batching would pay; that is where to add it (gather requests for a few ms, one body
-call, split the outputs and the FLOP count by rows).
+Batching concurrent requests into one body call is not done: on a CPU it does not pay,
+since one request already keeps every core busy, and requests only coincide with two or
+more client actors. On a GPU serving many client actors small requests leave it idle
+between kernel launches, so batching would pay there; that is where to add it (gather
+requests for a few ms, one body call, split the outputs and the FLOP count by rows; a
+batched graph's backward needs every client's gradient at once). The measurements,
+CPU and GPU, are in the README's Benchmarks (benchmarks/server_batching.py).
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ class ServerActor:
     """Wraps `BodyServer` for remote use; create with `ray.remote(ServerActor).options(...)`."""
 
     def __init__(self, cfg: Config, num_classes: int, threads: int) -> None:
-        torch.set_num_threads(threads)  # the count backend.actor_threads chose
+        torch.set_num_threads(threads)  # the count cluster.actor_threads chose
         split, _ = build_split(cfg, num_classes)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # As LocalBackend builds it: the body is pretrained, so it steps at pretrained_lr.

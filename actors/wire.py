@@ -28,7 +28,7 @@ def to_wire(t: torch.Tensor | None):
 
 def from_wire(a) -> torch.Tensor | None:
     """A tensor over the received array's memory. Object-store arrays are read-only:
-    the receivers copy (Link, Device.load) or only read (aggregation) what they get."""
+    the receivers copy (Link, ClientWorker.load) or only read (aggregation) what they get."""
     if not isinstance(a, np.ndarray):
         return a
     with warnings.catch_warnings():

@@ -64,7 +64,7 @@ def _config(model: str, changes: dict, samples: int, method: str, batch: int | N
 
 
 def _round_bytes(result) -> int:
-    return sum(v for k, v in result.bytes.items() if k != "head_download")
+    return sum(v for k, v in result.bytes.items() if k != "frozen_download")
 
 
 def _check_batch_size(model: str) -> str:

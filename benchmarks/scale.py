@@ -14,7 +14,7 @@ digits five times (20,000), in its coordinator only (the actors get the data fro
 object store, they never load it). Memory: RSS and PSS (proportional set size, which
 splits shared pages such as the object store and libraries among the processes that
 map them) and USS (pages only that process maps) of the driver and of every process of
-the Ray instance. The torch build here (CUDA wheels, DESIGN.md section 5) maps about
+the Ray instance. The torch build here (CUDA wheels, docs/design.md, Environment) maps about
 700 MiB on import, mostly shared libraries: RSS counts them in every process, PSS once.
 """
 

@@ -75,7 +75,7 @@ from sfprompt.platform.fed.sampling import client_seed, sample_clients
 from sfprompt.platform.loop.backend import LocalBackend
 from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.world import build_world
-from sfprompt.platform.method.client import Device
+from sfprompt.platform.method.client import ClientWorker
 from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
 
@@ -158,8 +158,8 @@ def plain_run(cfg: Config, tag: str) -> dict:
     """fl_prompt's arithmetic in a plain loop (module doc, part a)."""
     world = build_world(cfg)
     data, model = world.data, world.split
-    train = Device(model, data.train_images, data.train_labels, **world.norm)
-    test = Device(model, data.test_images, data.test_labels, **world.norm)
+    train = ClientWorker(model, data.train_images, data.train_labels, **world.norm)
+    test = ClientWorker(model, data.test_images, data.test_labels, **world.norm)
     bf16 = cfg.run.precision == "bf16"
     params = dict(model.client().named_parameters())
     names = [n for n, p in params.items() if p.requires_grad]  # prompts + classifier

@@ -22,7 +22,7 @@ from sfprompt.results.atomic import atomic_open
 CHECKPOINT = "checkpoint.pt"
 
 
-_FORMAT = 1  # bumped when the layout changes; an old file is refused, not misread
+_FORMAT = 2  # bumped when the layout changes (2: tail.classifier); an old file is refused
 
 
 def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],

@@ -59,7 +59,7 @@ def run_experiment(cfg: Config, on_round: Callable[[dict], None] = lambda row: N
     try:
         run_dir = create_run_dir(cfg.run.out_dir, cfg.run.run_id or None)
     except BaseException:  # e.g. the run id is taken: the backend's actors must not leak
-        getattr(backend, "close", lambda: None)()
+        backend.close()
         raise
     handler = attach_run_log(run_dir)
     write_config_toml(run_dir, to_dict(cfg))
@@ -99,7 +99,7 @@ def resume_experiment(run_dir: str | Path, on_round: Callable[[dict], None] = la
 def _describe(backend: Backend) -> dict:
     """What run.json records of where the backend runs (the ray backend: its Ray
     instance and namespace, so two runs at once can be told apart)."""
-    return getattr(backend, "describe", dict)()
+    return backend.describe()
 
 
 def _record(run_dir: Path, world: World, backend: Backend, info: dict,
@@ -133,5 +133,5 @@ def _record(run_dir: Path, world: World, backend: Backend, info: dict,
         write_run_json(run_dir, info)
         logging.getLogger("sfprompt").removeHandler(handler)
         handler.close()
-        getattr(backend, "close", lambda: None)()  # the ray backend's actors and instance
+        backend.close()  # the ray backend's actors and instance
     return run_dir

@@ -1,7 +1,7 @@
 """The run directory: where one run's files go and what identifies the run.
 
-A run writes `runs/<run-id>/` (DESIGN.md §3) holding `config.toml`, `rounds.parquet`,
-`clients.parquet`, `run.json` and `run.log`. Run ids sort by start time
+A run writes `runs/<run-id>/` (docs/design.md, The run directory) holding
+`config.toml`, `rounds.parquet`, `clients.parquet`, `run.json` and `run.log`. Run ids sort by start time
 (`20261127-081500-ab12`: UTC date, time, 4 random hex digits so runs started in the
 same second do not clash), and a directory is never reused: overwriting an earlier
 run's tables would silently mix two experiments.

@@ -12,7 +12,7 @@ mean and standard deviation over seeds (`summarise`):
                                  over the seeds that reach it; `target.reached` counts them)
     bytes.to_target, sim.to_target  cumulative bytes (all kinds) and simulated seconds then
     flops.client.round / .total  client FLOPs per round (mean) and over the run; server too
-    bytes.round                  per-round traffic (every kind but the one-off head_download)
+    bytes.round                  per-round traffic (every kind but the one-off frozen_download)
     bytes.total, bytes.<kind>.total  all traffic of the run, and by kind
     sim.elapsed                  simulated seconds of the whole run
 
@@ -123,7 +123,7 @@ def run_metrics(run: pd.DataFrame, target: float) -> dict:
            "rounds.to_target": at(run["round"]),
            "bytes.to_target": at(total.cumsum()),
            "sim.to_target": at(run["sim.elapsed_seconds"]),
-           "bytes.round": float((total - run.get("bytes.head_download", 0)).mean()),
+           "bytes.round": float((total - run.get("bytes.frozen_download", 0)).mean()),
            "bytes.total": float(total.sum()),
            "sim.elapsed": float(run["sim.elapsed_seconds"].iloc[-1]),
            "rounds": len(run)}
@@ -192,7 +192,7 @@ def to_markdown(table: pd.DataFrame) -> str:
                  m("bytes.to_target", MB, 1), m("flops.client.round", GFLOP, 1),
                  m("flops.client.total", GFLOP, 1), _ratio(r, "flops.client.total"),
                  m("bytes.round", MB, 2), m("bytes.total", MB, 1), _ratio(r, "bytes.total"),
-                 m("bytes.head_download.total", MB, 1), m("sim.elapsed", 1.0, 1)]
+                 m("bytes.frozen_download.total", MB, 1), m("sim.elapsed", 1.0, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

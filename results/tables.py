@@ -2,8 +2,9 @@
 
 A table is a list of flat rows (one dict per round, or per client per round) with
 dotted column names that match configuration keys (`prune.keep`, `bytes.smashed_up`),
-so runs, studies and configs join without renaming (DESIGN.md §3). Each table names
-only the columns every row must have; anything else a method reports is simply another
+so runs, studies and configs join without renaming (docs/design.md, Result tables, where
+every column is described). Each table names only the columns every row must have;
+anything else a method reports is simply another
 column, so later features add metrics without touching this file. Columns are ordered
 required-first, then alphabetically, so two runs' files line up column for column.
 

@@ -214,7 +214,7 @@ def cmd_cost(args) -> int:
         print(f"{r['method']:<12}{r['kept_samples']:>6}{r['flops.client'] / 1e9:>14,.1f}"
               f"{r['flops.server'] / 1e9:>14,.1f}"
               + "".join(f"{r[f'bytes.{k}'] / MB:>18,.2f}" for k in kinds)
-              + f"{r['bytes.round'] / MB:>11,.2f}{r['bytes.head_download'] / MB:>12,.2f}{ratios}")
+              + f"{r['bytes.round'] / MB:>11,.2f}{r['bytes.frozen_download'] / MB:>12,.2f}{ratios}")
     return 0
 
 

@@ -29,9 +29,7 @@ import torch
 
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
-from sfprompt.platform.method.registry import METHODS
-from sfprompt.platform.method.trainable import set_trainable
-from sfprompt.platform.model.split import split_vit
+from sfprompt.platform.model.build import method_split
 from sfprompt.platform.sim.profiles import make_profiles
 
 log = logging.getLogger(__name__)
@@ -69,9 +67,7 @@ def client_memory_bytes(cfg: Config) -> dict[str, int]:
     with torch.device("meta"):
         vit = timm.create_model(cfg.model.name, num_classes=_CLASSES,
                                 img_size=cfg.model.img_size)
-        split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, cfg.prompt.length,
-                          cfg.split.local_pool)
-        set_trainable(split, METHODS[cfg.train.method])
+        split = method_split(cfg, vit)
         params = list(split.client().parameters())
         size = cfg.model.img_size
         images = torch.empty(cfg.train.batch_size, vit.patch_embed.proj.in_channels, size, size)

@@ -8,8 +8,8 @@ infeasible config, a failed run or a non-finite objective come back as a failed
 Each trial is one in-process run (`run.backend = "local"`) in `<study>/runs/trial-NNNN`.
 Parallelism is across trials, which are independent; a trial that started its own
 Ray actors would have to fit them inside its reserved bundle, and an actor pool per
-trial costs more memory than the trial's work (DESIGN.md §5), for no speed-up when the
-trials already fill the machine.
+trial costs more memory than the trial's work (docs/design.md, Architecture; figures in
+the README's Benchmarks), for no speed-up when the trials already fill the machine.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ class TrainConfig:
     # Learning rate of the classifier, which starts from scratch (zeros).
     lr: float = 1e-3
     # Learning rate of the soft prompts. Every feature downstream depends on them, so
-    # client drift in the prompts moves all features at once (DESIGN.md section 1).
+    # client drift in the prompts moves all features at once (docs/design.md, Choices
+    # the paper leaves open).
     prompt_lr: float = 1e-3
     # Learning rate of trainable parameters that come pretrained (tail blocks, final
     # norm): a step as large as the new parameters' wrecks a pretrained block quickly.

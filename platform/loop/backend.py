@@ -12,7 +12,7 @@ from typing import Protocol
 
 from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
 from sfprompt.platform.loop.world import World
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.precision import autocast
@@ -23,7 +23,8 @@ class Backend(Protocol):
     """Runs client work and evaluation. `run_clients` returns a result for every task
     but those whose work was lost (failed clients). The server methods are called only
     when the method trains the body (`server_state`, `restore_server`: for checkpoints)
-    or when `faults.server_crash_round` injects a crash (`crash_server`).
+    or when `faults.server_crash_round` injects a crash (`crash_server`). `describe`
+    says for run.json where the work runs; `close` releases what the backend holds.
 
     `evaluate` may return before the evaluation is done; a backend that says
     `overlaps_evaluation` lets the loop train the next round while it runs."""
@@ -35,6 +36,8 @@ class Backend(Protocol):
     def server_state(self) -> dict: ...
     def restore_server(self, state: dict) -> None: ...
     def crash_server(self) -> None: ...
+    def describe(self) -> dict: ...
+    def close(self) -> None: ...
 
 
 class LocalBackend:
@@ -46,7 +49,7 @@ class LocalBackend:
         cfg = world.cfg
         self.cfg = cfg
         self.method = METHODS[cfg.train.method]
-        self.device = Device(world.split, world.data.train_images, world.data.train_labels,
+        self.worker = ClientWorker(world.split, world.data.train_images, world.data.train_labels,
                              **world.norm)
         self.server = BodyServer(world.split.body, trains=self.method.server_trains,
                                  lr=cfg.train.pretrained_lr, precision=cfg.run.precision)
@@ -61,7 +64,7 @@ class LocalBackend:
                 continue
             with emulate_network(self.cfg.network, self.profiles[task.client], task.seed), \
                     autocast(self.cfg.run.precision):
-                result = self.method.client_round(self.cfg, self.device, task, global_state,
+                result = self.method.client_round(self.cfg, self.worker, task, global_state,
                                                   self.server)
             result.server_flops = self.server.take_flops(task.client)
             results.append(result)
@@ -81,3 +84,9 @@ class LocalBackend:
     def crash_server(self) -> None:
         """Here the server lives in the coordinator's process: the crash takes nothing
         with it, so there is nothing to recover (the ray backend really kills it)."""
+
+    def describe(self) -> dict:
+        return {}  # this process: nothing to add to run.json
+
+    def close(self) -> None:
+        """Nothing to release: the model and data belong to the world."""

@@ -14,7 +14,7 @@ import torch
 
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.data.datasets import stratified_subset
-from sfprompt.platform.method.client import Device, State
+from sfprompt.platform.method.client import ClientWorker, State
 from sfprompt.platform.method.steps import evaluate
 from sfprompt.platform.model.precision import autocast
 from sfprompt.platform.model.split import SplitModel
@@ -41,7 +41,7 @@ class Evaluator:
 
     def __init__(self, cfg: Config, split: SplitModel, images: torch.Tensor,
                  labels: torch.Tensor, norm: dict) -> None:
-        self.test = Device(split, images, labels, **norm)
+        self.test = ClientWorker(split, images, labels, **norm)
         self.indices = evaluation_indices(cfg, labels.numpy())
         self.batch_size = cfg.train.eval_batch_size
         self.precision = cfg.run.precision

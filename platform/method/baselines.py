@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.registry import register_method
 from sfprompt.platform.method.session import Session
 from sfprompt.platform.method.steps import full_update, split_update
@@ -36,40 +36,40 @@ def _everything(name: str) -> bool:
 
 
 @register_method("sfl", trains=_everything, server_trains=True, prompts=False)
-def sfl_round(cfg: Config, device: Device, task: ClientTask, global_state: State,
+def sfl_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
               server) -> ClientResult:
     """Download head and tail, split training with the body training on the server,
     upload head and tail."""
-    s = Session(cfg, device, task, global_state)
+    s = Session(cfg, worker, task, global_state)
     train_loss = math.nan
     for _ in range(cfg.train.split_epochs):
-        train_loss = split_update(device.split, s.batches(task.indices), s.optimizer, server,
+        train_loss = split_update(worker.split, s.batches(task.indices), s.optimizer, server,
                                   s.link, task.client, s.flops, server_trains=True)
     return s.result(len(task.indices), train_loss)
 
 
-def _unsplit_round(cfg: Config, device: Device, task: ClientTask, global_state: State,
+def _unsplit_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
                    federated: bool) -> ClientResult:
-    s = Session(cfg, device, task, global_state, federated)
+    s = Session(cfg, worker, task, global_state, federated)
     train_loss = math.nan
     for _ in range(cfg.train.split_epochs):
-        train_loss = full_update(device.split, s.batches(task.indices), s.optimizer, s.flops)
+        train_loss = full_update(worker.split, s.batches(task.indices), s.optimizer, s.flops)
     return s.result(len(task.indices), train_loss)
 
 
 @register_method("fl", trains=_everything, client_body=True, prompts=False)
-def fl_round(cfg: Config, device: Device, task: ClientTask, global_state: State,
+def fl_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
              server) -> ClientResult:
     """Download the trainable state, train on the full path in one place, upload it
     (fl: the whole model; fl_prompt: prompts and classifier)."""
-    return _unsplit_round(cfg, device, task, global_state, federated=True)
+    return _unsplit_round(cfg, worker, task, global_state, federated=True)
 
 
 register_method("fl_prompt", trains=is_new, client_body=True)(fl_round)
 
 
 @register_method("centralized", trains=is_new, client_body=True, pooled=True)
-def centralized_round(cfg: Config, device: Device, task: ClientTask, global_state: State,
+def centralized_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
                       server) -> ClientResult:
     """VPT on everything at once: the round's one client holds the whole training set."""
-    return _unsplit_round(cfg, device, task, global_state, federated=False)
+    return _unsplit_round(cfg, worker, task, global_state, federated=False)

@@ -1,8 +1,8 @@
-"""A client's work order and report, and the `Device` that runs any client's work.
+"""A client's work order and report, and the `ClientWorker` that runs any client's work.
 
 A simulated client is *state* (its shard of sample indices, later its profile) plus
-*work*. The work runs on a `Device`: one copy of the client-side model parts and of the
-training set, reloaded with the global state for each client. So one process (or one
+*work*. The work runs on a `ClientWorker`: one copy of the client-side model parts and of
+the training set, reloaded with the global state for each client. So one process (or one
 Ray actor) serves any number of simulated clients.
 """
 
@@ -66,7 +66,7 @@ def client_state(model: torch.nn.Module) -> State:
     return state
 
 
-class Device:
+class ClientWorker:
     """Client-side model parts and training data; `load` then train then `state`."""
 
     def __init__(self, split: SplitModel, images: torch.Tensor, labels: torch.Tensor, *,
@@ -77,7 +77,7 @@ class Device:
         self._norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
         self.client_model = split.client()
         self.parameters = list(self.client_model.parameters())
-        # FLOPs of each distinct step, counted once for every client this device serves
+        # FLOPs of each distinct step, counted once for every client this worker serves
         # (accounting.Flops); None counts every step afresh.
         self.flop_cache: dict | None = {}
 

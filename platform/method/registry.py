@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 
-ClientRound = Callable[[Config, Device, ClientTask, State, object], ClientResult]
+ClientRound = Callable[[Config, ClientWorker, ClientTask, State, object], ClientResult]
 
 
 @dataclass(frozen=True)

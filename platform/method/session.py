@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.trainable import make_optimizer
 from sfprompt.platform.wire.codecs import cut_codecs
 from sfprompt.platform.wire.flops import Flops, trainable_signature
@@ -26,26 +26,26 @@ class Session:
     optimizer, from the model's arrival to the upload. `federated=False` (pooled data,
     nothing to send) loads and returns the state without crossing any link."""
 
-    def __init__(self, cfg: Config, device: Device, task: ClientTask, global_state: State,
+    def __init__(self, cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
                  federated: bool = True) -> None:
-        self.cfg, self.device, self.task, self.federated = cfg, device, task, federated
+        self.cfg, self.worker, self.task, self.federated = cfg, worker, task, federated
         self.link = Link(cut_codecs(cfg.compress))
-        self.flops = Flops(device.flop_cache, trainable_signature(device.parameters))
+        self.flops = Flops(worker.flop_cache, trainable_signature(worker.parameters))
         if federated:
-            frozen = device.frozen_state() if task.first_visit else {}
+            frozen = worker.frozen_state() if task.first_visit else {}
             if frozen:
-                self.link.send_held("head_download", frozen)
+                self.link.send_held("frozen_download", frozen)
             global_state = self.link.send("download", global_state)
-        device.load(global_state)
+        worker.load(global_state)
         self.generator = torch.Generator().manual_seed(task.seed)
-        self.optimizer = make_optimizer(cfg, device)
+        self.optimizer = make_optimizer(cfg, worker)
 
     def batches(self, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Training batches of `indices`, shuffled by the round's generator."""
-        return self.device.batches(indices, self.cfg.train.batch_size, self.generator)
+        return self.worker.batches(indices, self.cfg.train.batch_size, self.generator)
 
     def result(self, kept: int, train_loss: float, local_loss: float = math.nan) -> ClientResult:
-        state = self.device.state()
+        state = self.worker.state()
         state = (self.link.send("upload", state) if self.federated
                  else {k: v.clone() for k, v in state.items()})
         return ClientResult(client=self.task.client, state=state,

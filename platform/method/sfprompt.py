@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, State
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.pruning import SCORES, select_hardest
 from sfprompt.platform.method.registry import register_method
 from sfprompt.platform.method.session import Session
@@ -30,20 +30,21 @@ def _prompts_and_tail(name: str) -> bool:
 
 
 @register_method("sfprompt", trains=_prompts_and_tail)
-def sfprompt_round(cfg: Config, device: Device, task: ClientTask, global_state: State,
+def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
                    server) -> ClientResult:
-    """Download, EL2N pruning, local-loss update, split training, upload (DESIGN §1)."""
-    s = Session(cfg, device, task, global_state)
+    """Download, EL2N pruning, local-loss update, split training, upload (docs/design.md,
+    The method)."""
+    s = Session(cfg, worker, task, global_state)
     kept = task.indices
     if cfg.prune.keep < 1.0:
-        scores = score_samples(device.split, device.batches(task.indices, cfg.train.eval_batch_size),
+        scores = score_samples(worker.split, worker.batches(task.indices, cfg.train.eval_batch_size),
                                SCORES[cfg.prune.score], s.generator, s.flops)
         kept = task.indices[kept_positions(select_hardest(scores, cfg.prune.keep, s.generator))]
     local_loss = train_loss = math.nan
     for _ in range(cfg.train.local_epochs):
-        local_loss = train_loss = local_loss_update(device.split, s.batches(kept), s.optimizer,
+        local_loss = train_loss = local_loss_update(worker.split, s.batches(kept), s.optimizer,
                                                     s.flops)
     for _ in range(cfg.train.split_epochs):
-        train_loss = split_update(device.split, s.batches(kept), s.optimizer, server, s.link,
+        train_loss = split_update(worker.split, s.batches(kept), s.optimizer, server, s.link,
                                   task.client, s.flops)
     return s.result(len(kept), train_loss, local_loss)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.method.client import Device
+from sfprompt.platform.method.client import ClientWorker
 from sfprompt.platform.method.registry import Method
 from sfprompt.platform.model.split import SplitModel
 
@@ -32,7 +32,7 @@ def parameter_kind(name: str) -> str:
     """prompts | classifier (both start from scratch) | pretrained."""
     if name == "head.prompts":
         return "prompts"
-    return "classifier" if name.startswith("tail.head.") else "pretrained"
+    return "classifier" if name.startswith("tail.classifier.") else "pretrained"
 
 
 def is_new(name: str) -> bool:
@@ -47,11 +47,11 @@ OPTIMIZERS: dict[str, Callable[[list[dict], Config], torch.optim.Optimizer]] = {
 }
 
 
-def make_optimizer(cfg: Config, device: Device) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, worker: ClientWorker) -> torch.optim.Optimizer:
     """`train.optimizer`, fresh every round (clients keep no optimizer state between
     rounds), with one learning rate per kind of parameter: `train.prompt_lr` for the
     prompts, `train.lr` for the classifier, `train.pretrained_lr` for pretrained ones."""
-    named = [(n, p) for n, p in device.client_model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in worker.client_model.named_parameters() if p.requires_grad]
     rates = {"prompts": cfg.train.prompt_lr, "classifier": cfg.train.lr,
              "pretrained": cfg.train.pretrained_lr}
     groups = [{"params": [p for n, p in named if parameter_kind(n) == kind], "lr": lr}

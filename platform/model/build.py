@@ -8,6 +8,7 @@ same trainable set, so no model needs to travel between processes.
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.registry import METHODS, prompt_length
@@ -27,12 +28,20 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
     # round's updates are about the data rather than about a random head's bias.
     torch.nn.init.zeros_(vit.head.weight)
     torch.nn.init.zeros_(vit.head.bias)
+    split = method_split(cfg, vit)
+    pcfg = vit.pretrained_cfg
+    norm = dict(img_size=cfg.model.img_size, mean=tuple(pcfg.get("mean", (0.5,) * 3)),
+                std=tuple(pcfg.get("std", (0.5,) * 3)))
+    return split, norm
+
+
+def method_split(cfg: Config, vit: VisionTransformer) -> SplitModel:
+    """`vit` split as `cfg` says, with the method's prompts and trainable set (and the
+    probe norm when asked): on real weights here, on the meta device for a study's
+    memory check (studies/feasibility.py)."""
     if cfg.model.probe_norm:
         add_probe_norm(vit)
     split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, prompt_length(cfg),
                       cfg.split.local_pool)
     set_trainable(split, METHODS[cfg.train.method])
-    pcfg = vit.pretrained_cfg
-    norm = dict(img_size=cfg.model.img_size, mean=tuple(pcfg.get("mean", (0.5,) * 3)),
-                std=tuple(pcfg.get("std", (0.5,) * 3)))
-    return split, norm
+    return split

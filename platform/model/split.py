@@ -86,7 +86,9 @@ class Tail(nn.Module):
         if vit.attn_pool is not None:
             raise SfpromptError("model.name: attention-pool ViTs (MAP heads) are not supported")
         self.blocks = nn.Sequential(*vit.blocks[len(vit.blocks) - tail_blocks:])
-        self.norm, self.fc_norm, self.head_drop, self.head = vit.norm, vit.fc_norm, vit.head_drop, vit.head
+        # `classifier`, not timm's `head`: the head is SFPrompt's client-side first part.
+        self.norm, self.fc_norm, self.head_drop = vit.norm, vit.fc_norm, vit.head_drop
+        self.classifier = vit.head
         self.global_pool = vit.global_pool
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool_include_prefix = vit.pool_include_prefix
@@ -99,7 +101,7 @@ class Tail(nn.Module):
         x = torch.cat([x[:, :p], x[:, p + self.prompt_length:]], dim=1)  # (B, prefix + N, D)
         x = global_pool_nlc(x, pool_type=pool or self.global_pool, num_prefix_tokens=p,
                             reduce_include_prefix=self.pool_include_prefix)  # (B, D)
-        return self.head(self.head_drop(self.fc_norm(x)))
+        return self.classifier(self.head_drop(self.fc_norm(x)))
 
 
 def init_prompts(vit: VisionTransformer, length: int) -> torch.Tensor:
@@ -119,20 +121,21 @@ class ProbeNorm(nn.Module):
     BatchNorm without affine, the linear-probe head of MAE (He et al., 2022), and the
     running statistics travel and are averaged with the classifier (client.State).
 
-    Why: pretrained features share one large common direction (DINOv2 ViT-S/14 on
-    MNIST: the mean feature's norm is 35, a single feature's 38). Under label skew each
-    client pushes the classifier's rows along it by its own class mix, and FedAvg of
-    those pushes favours whichever class most clients hold: a FedAvg linear probe on
-    Dirichlet(0.5) reached 0.37 after 5 rounds without this, 0.76 with it.
+    Why: pretrained features share one large common direction (the mean feature is
+    nearly as long as a single feature). Under label skew each client pushes the
+    classifier's rows along it by its own class mix, and FedAvg of those pushes
+    favours whichever class most clients hold; standardising the feature removes the
+    common direction (figures: README, Benchmarks, "Probe norm").
 
     The running statistics are the cumulative average over the batches of the current
     training pass (BatchNorm's momentum=None; `SplitModel.training` starts a pass), so
     each client uploads the statistics of its own data under the current model, and
     their FedAvg is the statistics of all the round's data, with no lag behind the model
     however few steps a client takes. They describe the full path only: the local
-    path's features are another distribution (cosine 0.12 to the full path's above), so
-    it always uses its own batch's statistics and never updates the running ones. A
-    batch of one has no statistics of its own and uses the running ones.
+    path's features are another distribution (far from the full path's: README,
+    Benchmarks, "Probe norm"), so it always uses its own batch's statistics and never
+    updates the running ones. A batch of one has no statistics of its own and uses the
+    running ones.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:

@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError
-from sfprompt.platform.method.client import ClientResult, ClientTask, Device, client_state
+from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, client_state
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
@@ -59,7 +59,7 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
                 first_visit: bool = True) -> ClientResult:
     """What one client holding `samples` samples spends in one round of `cfg`'s method:
     bytes and messages by kind, client FLOPs and the server FLOPs it causes.
-    `first_visit` adds the one-off head_download. Losses come back nan."""
+    `first_visit` adds the one-off frozen_download. Losses come back nan."""
     # Shapes only: no weights are read. (dataclasses.replace: `cfg` is valid already,
     # and validating again would build the model once more.)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="random"))
@@ -68,14 +68,14 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
     size = cfg.model.img_size
     images = torch.empty(samples, 3, size, size, dtype=torch.uint8, device="meta")
     labels = torch.empty(samples, dtype=torch.long, device="meta")
-    device = Device(split, images, labels, **norm)
+    worker = ClientWorker(split, images, labels, **norm)
     method = METHODS[cfg.train.method]
     server = BodyServer(split.body, trains=method.server_trains, lr=cfg.train.pretrained_lr)
     task = ClientTask(client=0, round=1, indices=np.arange(samples), seed=cfg.run.seed,
                       first_visit=first_visit)
     global_state = client_state(split.client())
     with HostAttention():
-        result = method.client_round(cfg, device, task, global_state, server)
+        result = method.client_round(cfg, worker, task, global_state, server)
     result.server_flops = server.take_flops(task.client)
     return result
 
@@ -83,7 +83,7 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
 def cost_table(cfg: Config, methods: Sequence[str], samples: int,
                num_classes: int = 10) -> list[dict]:
     """One row per method: a client's per-round bytes by kind (`bytes.round` leaves out
-    the one-off head_download), FLOPs, and the ratios to `fl` when it is in `methods`."""
+    the one-off frozen_download), FLOPs, and the ratios to `fl` when it is in `methods`."""
     for name in methods:
         if name not in METHODS:
             raise ConfigError(f"train.method: unknown {name!r} (known: {', '.join(sorted(METHODS))})")
@@ -94,7 +94,7 @@ def cost_table(cfg: Config, methods: Sequence[str], samples: int,
         row = {"method": name, "samples": samples, "kept_samples": r.num_kept,
                "flops.client": r.client_flops, "flops.server": r.server_flops,
                **{f"bytes.{k}": r.bytes.get(k, 0) for k in KINDS}}
-        row["bytes.round"] = sum(row[f"bytes.{k}"] for k in KINDS if k != "head_download")
+        row["bytes.round"] = sum(row[f"bytes.{k}"] for k in KINDS if k != "frozen_download")
         rows.append(row)
     fl = next((row for row in rows if row["method"] == "fl"), None)
     for row in rows if fl else ():

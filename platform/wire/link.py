@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 # The kinds of traffic, in the order of a round.
 KINDS = (
-    "head_download",     # one-off: frozen head weights, the first time a client joins
+    "frozen_download",   # one-off, on a client's first visit: every client-side weight
+                         # that never trains (the head's; for fl_prompt the whole model)
     "download",          # per round: global trainable state (prompts, tail, ...)
     "smashed_up",        # head output, client -> server
     "activations_down",  # body output, server -> client
@@ -33,7 +34,7 @@ KINDS = (
 )
 
 
-DOWN = ("head_download", "download", "activations_down", "gradients_down")
+DOWN = ("frozen_download", "download", "activations_down", "gradients_down")
 
 
 def nbytes(payload: torch.Tensor | Mapping[str, torch.Tensor]) -> int:
@@ -79,7 +80,7 @@ class Link:
 
     def send_held(self, kind: str, payload: Mapping[str, torch.Tensor]) -> None:
         """Send a state the receiver already holds bit for bit: counted like `send`, with
-        no copy to deliver. (The frozen head: every Device starts with the model's
+        no copy to deliver. (The frozen head: every ClientWorker starts with the model's
         frozen weights, so a first visit's download changes nothing it holds.)"""
         self._count(kind, nbytes(payload))
 

@@ -7,8 +7,8 @@ import pytest
 import ray
 import torch
 
-from sfprompt.actors.backend import (RayBackend, actor_threads, make_backend, pool_shape,
-                                     server_options)
+from sfprompt.actors.backend import RayBackend, make_backend
+from sfprompt.actors.cluster import actor_threads, pool_shape, server_options
 from sfprompt.actors.clients import get_within
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.config.schema import RayConfig
@@ -115,7 +115,7 @@ def test_trained_body_is_fetched_every_round_even_without_evaluation(ray_instanc
             next(run_rounds(world, backend, progress))  # round 1
             saved[kind] = progress.server["body"]
         finally:
-            getattr(backend, "close", lambda: None)()
+            backend.close()
     untrained = build_world(cfg).split.body.state_dict()
     assert saved["ray"].keys() == saved["local"].keys()
     assert all(torch.equal(saved["ray"][k], saved["local"][k]) for k in saved["local"])

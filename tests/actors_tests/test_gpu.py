@@ -14,7 +14,7 @@ import pytest
 import ray
 import torch
 
-from sfprompt.actors.backend import server_options
+from sfprompt.actors.cluster import server_options
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.config.schema import RayConfig
 from sfprompt.platform.method.server import BodyServer

@@ -43,7 +43,7 @@ def test_hand_computed_round_time():
 def test_one_message_is_latency_plus_bytes_over_its_directions_bandwidth():
     assert message_seconds(PHONE, "smashed_up", 500_000) == pytest.approx(0.05 + 0.5)
     assert message_seconds(PHONE, "gradients_down", 500_000) == pytest.approx(0.05 + 0.25)
-    assert message_seconds(PHONE, "head_download", 0) == pytest.approx(0.05)
+    assert message_seconds(PHONE, "frozen_download", 0) == pytest.approx(0.05)
     # latency is paid per message, bytes once: 7 messages carrying 1 MB up in total
     rng = jitter_rng(0, 1, 0)
     assert comm_seconds(PHONE, {"gradients_up": 1_000_000}, {"gradients_up": 7}, rng) == \

@@ -37,10 +37,10 @@ def test_cost_model_equals_the_measured_accounting_of_a_real_run(method, extra):
         assert dry.num_kept == real.num_kept
 
 
-def test_later_rounds_cost_the_same_without_the_one_off_head_download():
+def test_later_rounds_cost_the_same_without_the_one_off_frozen_download():
     cfg = load_config(None, REAL + ["train.method=sfprompt"])
     first, later = client_cost(cfg, 13), client_cost(cfg, 13, first_visit=False)
-    assert first.bytes.pop("head_download") > 0 and first.messages.pop("head_download") == 1
+    assert first.bytes.pop("frozen_download") > 0 and first.messages.pop("frozen_download") == 1
     assert (first.bytes, first.messages) == (later.bytes, later.messages)
     assert first.client_flops == later.client_flops
 

@@ -9,7 +9,7 @@ from tinyvit import tiny_vit
 
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.loop.world import build_world, world_config
-from sfprompt.platform.method.client import ClientTask, Device
+from sfprompt.platform.method.client import ClientTask, ClientWorker
 from sfprompt.platform.method.registry import METHODS, prompt_length
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.method.trainable import make_optimizer, set_trainable
@@ -18,22 +18,22 @@ from sfprompt.platform.model.split import split_vit
 from sfprompt.platform.wire.link import nbytes
 
 CUT = {"smashed_up", "activations_down", "gradients_up", "gradients_down"}
-# Written out by hand from DESIGN.md section 1, not derived from the registry:
+# Written out by hand from docs/design.md, The method (Baselines), not derived from the registry:
 # which client parameters train, where the body is and whether it trains, prompts or
 # not, and the traffic kinds of a client's first round.
 EXPECTED = {
     "sfprompt": dict(trains=lambda n: n == "head.prompts" or n.startswith("tail."),
                      body="server", body_trains=False, prompts=True,
-                     kinds={"head_download", "download", "upload"} | CUT),
+                     kinds={"frozen_download", "download", "upload"} | CUT),
     "sfl": dict(trains=lambda n: n.startswith(("head.", "tail.")),
                 body="server", body_trains=True, prompts=False,
                 kinds={"download", "upload"} | CUT),
     "fl": dict(trains=lambda n: True, body="client", body_trains=True, prompts=False,
                kinds={"download", "upload"}),
-    "fl_prompt": dict(trains=lambda n: n in ("head.prompts", "tail.head.linear.weight", "tail.head.linear.bias"),
+    "fl_prompt": dict(trains=lambda n: n in ("head.prompts", "tail.classifier.linear.weight", "tail.classifier.linear.bias"),
                       body="client", body_trains=False, prompts=True,
-                      kinds={"head_download", "download", "upload"}),
-    "centralized": dict(trains=lambda n: n in ("head.prompts", "tail.head.linear.weight", "tail.head.linear.bias"),
+                      kinds={"frozen_download", "download", "upload"}),
+    "centralized": dict(trains=lambda n: n in ("head.prompts", "tail.classifier.linear.weight", "tail.classifier.linear.bias"),
                         body="client", body_trains=False, prompts=True, kinds=set()),
 }
 TINY_CFG = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=16",
@@ -61,37 +61,37 @@ def test_trainable_set_and_placement(method):
     assert prompt_length(_cfg(method)) == (2 if want["prompts"] else 0)
 
 
-def _device_and_task(method, seed=0, n=10):
+def _worker_and_task(method, seed=0, n=10):
     split = split_vit(tiny_vit(seed=seed), 1, 1, prompt_length=2 if METHODS[method].prompts else 0)
     set_trainable(split, METHODS[method])
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 5, (n,), generator=gen)
-    device = Device(split, images, labels, img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    worker = ClientWorker(split, images, labels, img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     task = ClientTask(client=0, round=1, indices=np.arange(n), seed=3, first_visit=True)
     # The server steps the body at the rate the backends give it: the pretrained one.
     server = BodyServer(split.body, trains=METHODS[method].server_trains,
                         lr=_cfg(method).train.pretrained_lr)
-    return split, device, task, server
+    return split, worker, task, server
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_one_round_sends_the_expected_traffic_and_trains_only_its_set(method):
     want = EXPECTED[method]
     cfg = _cfg(method, "prune.keep=0.5")
-    split, device, task, server = _device_and_task(method)
-    global_state = {k: v.clone() for k, v in device.state().items()}
-    frozen = device.frozen_state()
+    split, worker, task, server = _worker_and_task(method)
+    global_state = {k: v.clone() for k, v in worker.state().items()}
+    frozen = worker.frozen_state()
     client_before = {n: p.clone() for n, p in split.client().named_parameters()}
     body_before = [p.clone() for p in split.body.parameters()]
 
-    result = METHODS[method].client_round(cfg, device, task, global_state, server)
+    result = METHODS[method].client_round(cfg, worker, task, global_state, server)
 
     assert {k for k, v in result.bytes.items() if v} == want["kinds"]
     if "download" in want["kinds"]:
         assert result.bytes["download"] == result.bytes["upload"] == nbytes(global_state)
-    if "head_download" in want["kinds"]:
-        assert result.bytes["head_download"] == nbytes(frozen) > 0
+    if "frozen_download" in want["kinds"]:
+        assert result.bytes["frozen_download"] == nbytes(frozen) > 0
     if method == "fl":  # the whole model travels both ways
         whole = sum(p.numel() * 4 for p in tiny_vit().parameters())
         assert result.bytes["download"] == whole
@@ -111,10 +111,10 @@ def test_splitfed_with_one_client_equals_fedavg_full_finetuning():
     # head and tail stepped on the client and the body stepped on the server end where
     # one optimizer over the whole model ends.
     cfg_sfl, cfg_fl = _cfg("sfl", "train.split_epochs=2"), _cfg("fl", "train.split_epochs=2")
-    split_s, device_s, task, server = _device_and_task("sfl")
-    split_f, device_f, _, _ = _device_and_task("fl")
-    sfl = METHODS["sfl"].client_round(cfg_sfl, device_s, task, device_s.state(), server)
-    fl = METHODS["fl"].client_round(cfg_fl, device_f, task, device_f.state(), None)
+    split_s, worker_s, task, server = _worker_and_task("sfl")
+    split_f, worker_f, _, _ = _worker_and_task("fl")
+    sfl = METHODS["sfl"].client_round(cfg_sfl, worker_s, task, worker_s.state(), server)
+    fl = METHODS["fl"].client_round(cfg_fl, worker_f, task, worker_f.state(), None)
     assert set(fl.state) == set(sfl.state) | {f"body.{n}" for n, _ in split_s.body.named_parameters()}
     for name, value in sfl.state.items():
         torch.testing.assert_close(value, fl.state[name], rtol=1e-4, atol=1e-5)
@@ -125,18 +125,18 @@ def test_splitfed_with_one_client_equals_fedavg_full_finetuning():
 
 def test_centralized_trains_like_federated_vpt_and_sends_nothing():
     cfg_c, cfg_p = _cfg("centralized"), _cfg("fl_prompt")
-    _, device_c, task, _ = _device_and_task("centralized")
-    _, device_p, _, _ = _device_and_task("fl_prompt")
-    central = METHODS["centralized"].client_round(cfg_c, device_c, task, device_c.state(), None)
-    vpt = METHODS["fl_prompt"].client_round(cfg_p, device_p, task, device_p.state(), None)
+    _, worker_c, task, _ = _worker_and_task("centralized")
+    _, worker_p, _, _ = _worker_and_task("fl_prompt")
+    central = METHODS["centralized"].client_round(cfg_c, worker_c, task, worker_c.state(), None)
+    vpt = METHODS["fl_prompt"].client_round(cfg_p, worker_p, task, worker_p.state(), None)
     assert central.bytes == {} and central.messages == {}
     assert vpt.bytes["upload"] > 0
     for name, value in central.state.items():
         torch.testing.assert_close(value, vpt.state[name])
-    # What it returns is a copy: training the device further must not change it.
+    # What it returns is a copy: training the worker further must not change it.
     before = {k: v.clone() for k, v in central.state.items()}
     with torch.no_grad():
-        device_c.split.head.prompts.add_(1.0)
+        worker_c.split.head.prompts.add_(1.0)
     assert all(torch.equal(before[k], central.state[k]) for k in before)
 
 
@@ -166,15 +166,15 @@ def test_optimizer_has_one_learning_rate_per_kind_of_parameter(name, kind):
     cfg = _cfg("sfprompt", f"train.optimizer={name}", "train.prompt_lr=0.3", "train.lr=0.2",
                "train.pretrained_lr=0.1", "train.momentum=0.5")
     split, _ = build_split(cfg, num_classes=10)
-    device = Device(split, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.zeros(1, dtype=torch.long),
+    worker = ClientWorker(split, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.zeros(1, dtype=torch.long),
                     img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
-    optimizer = make_optimizer(cfg, device)
+    optimizer = make_optimizer(cfg, worker)
     assert isinstance(optimizer, kind)
     names = {id(p): n for n, p in split.client().named_parameters()}
     groups = {g["lr"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
     assert groups[0.3] == {"head.prompts"}
-    assert groups[0.2] == {"tail.head.linear.weight", "tail.head.linear.bias"}
-    assert groups[0.1] and all(n.startswith("tail.") and not n.startswith("tail.head.")
+    assert groups[0.2] == {"tail.classifier.linear.weight", "tail.classifier.linear.bias"}
+    assert groups[0.1] and all(n.startswith("tail.") and not n.startswith("tail.classifier.")
                                for n in groups[0.1])
     if name == "sgd":
         assert all(g["momentum"] == 0.5 for g in optimizer.param_groups)

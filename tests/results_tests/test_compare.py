@@ -25,7 +25,7 @@ def _rounds(method, seed, accuracy, up, down, flops, head=0):
         rows.append({"train.method": method, "run.seed": seed, "round": i + 1, "accuracy": acc,
                      "bytes.up": up, "bytes.down": down + (head if i == 0 else 0),
                      "bytes.upload": up, "bytes.download": down,
-                     "bytes.head_download": head if i == 0 else 0,
+                     "bytes.frozen_download": head if i == 0 else 0,
                      "flops.client": flops, "flops.server": 0, "sim.elapsed_seconds": 10.0 * (i + 1)})
     return rows
 
@@ -50,7 +50,7 @@ def test_table_by_hand():
     assert sf["bytes.to_target.mean"] == 160 and math.isnan(sf["rounds.to_target.std"])
     assert sf["sim.to_target.mean"] == 30
     assert sf["bytes.round.mean"] == 30 and sf["bytes.total.mean"] == 160
-    assert sf["bytes.head_download.total.mean"] == 70
+    assert sf["bytes.frozen_download.total.mean"] == 70
     assert sf["bytes.total_vs_fl"] == pytest.approx(160 / 600)
     assert sf["flops.client.total_vs_fl"] == pytest.approx(0.01)
     assert fl["bytes.total_vs_fl"] == 1.0

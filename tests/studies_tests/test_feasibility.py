@@ -7,10 +7,7 @@ from torch import nn
 
 from sfprompt.platform.config.load import replace
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.method.registry import METHODS
-from sfprompt.platform.method.trainable import set_trainable
-from sfprompt.platform.model.split import split_vit
-from sfprompt.platform.model.weights import create_vit
+from sfprompt.platform.model.build import build_split
 from sfprompt.studies.feasibility import (Infeasible, check_memory, client_memory_bytes,
                                           saved_activation_bytes)
 
@@ -32,15 +29,17 @@ def test_saved_activations_of_a_hand_computed_graph():
 
 def test_parameters_match_a_real_split_and_activations_scale_with_the_batch():
     cfg = replace(Config(), **TINY, **{"split.head_blocks": 2, "split.tail_blocks": 1})
-    vit = create_vit(cfg.model.name, num_classes=1000, img_size=32, weights="random")
-    split = split_vit(vit, 2, 1, cfg.prompt.length)
-    set_trainable(split, METHODS["sfprompt"])
+    split, _ = build_split(cfg, num_classes=1000)  # what a run of cfg trains (probe norm too)
     params = list(split.client().parameters())
     measured = client_memory_bytes(cfg)
     assert measured["parameters"] == sum(p.numel() * 4 for p in params)
     assert measured["optimizer"] == 3 * sum(p.numel() * 4 for p in params if p.requires_grad)
-    double = client_memory_bytes(replace(cfg, **{"train.batch_size": 2 * cfg.train.batch_size}))
-    assert double["activations"] == 2 * measured["activations"]
+    double, triple = (client_memory_bytes(replace(cfg, **{"train.batch_size": k * cfg.train.batch_size}))
+                      for k in (2, 3))
+    # Affine in the batch: per sample, plus the probe norm's per-feature statistics.
+    per_batch = double["activations"] - measured["activations"]
+    assert triple["activations"] - double["activations"] == per_batch
+    assert 0 <= 2 * measured["activations"] - double["activations"] < 0.001 * per_batch
     deeper = client_memory_bytes(replace(cfg, **{"split.head_blocks": 4}))
     assert deeper["activations"] > measured["activations"]
 
