@@ -16,7 +16,7 @@ import uuid
 import ray
 
 from sfprompt.platform.config.schema import RayConfig
-from sfprompt.platform.errors import ConfigError
+from sfprompt.platform.errors import ConfigError, first_line
 
 # Seconds to wait for a TCP connection to `ray.address` before calling it unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -36,8 +36,7 @@ def connect(cfg: RayConfig) -> bool:
     try:
         ray.init(address=cfg.address, **common)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"ray.address: cannot join {cfg.address!r}: {first}") from None
+        raise ConfigError(f"ray.address: cannot join {cfg.address!r}: {first_line(err)}") from None
     return True
 
 
@@ -81,6 +80,5 @@ def actor_threads(run_threads: int, pool_size: int, available: int) -> int:
     """torch threads of every actor: `run.threads` when set (then every float equals the
     local backend's); else this process's `available` threads shared among the client
     actors, at least 1 each. They compute at the same time, and one torch pool per actor
-    as wide as the node oversubscribes it: on a 16-core node with 15 client actors a
-    round took 2.1x as long with 16 threads each as with 1 (README, GPU)."""
+    as wide as the node oversubscribes it (the README's GPU section has the figures)."""
     return run_threads or max(1, available // pool_size)

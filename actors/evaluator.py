@@ -2,7 +2,7 @@
 
 It builds the split model from the config (like the server actor: same seed, same
 weights, nothing large crosses the network), holds the test set, and runs
-`platform.evaluation.Evaluator`, the evaluation the local backend runs, with the
+`platform.loop.evaluation.Evaluator`, the evaluation the local backend runs, with the
 thread count of every actor (`run.threads` when set), so the numbers are the same. When the method trains the
 body, each request brings the round's body (the server's, fetched after its clients).
 

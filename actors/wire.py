@@ -5,7 +5,7 @@ sides; a numpy array travels as an out-of-band buffer that the receiver reads st
 from the object store. Every tensor that crosses between actors (the cut's four
 messages, the global state, an uploaded state) goes as numpy and comes back as a
 tensor over the same memory. A dtype numpy lacks (bfloat16) travels as a tensor.
-What crosses and its size are counted before this, by `Link` (platform/accounting.py):
+What crosses and its size are counted before this, by `Link` (platform/wire/link.py):
 this is only how Ray carries it.
 """
 

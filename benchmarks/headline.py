@@ -5,7 +5,7 @@ federated full fine-tuning's, and its per-round traffic as a multiple of FL's.
 
 Cao, Zhu, Gong (arXiv 2407.17533) report 0.46 % of FL's client computation and 0.47x
 (ViT-B) / 0.19x (ViT-L) of its communication. Both sides here are counted, not
-estimated: the methods' own client rounds run on meta tensors (platform/costmodel.py),
+estimated: the methods' own client rounds run on meta tensors (platform/sim/costmodel.py),
 one client and one round, at 224 px with 10 classes and fp32 everywhere.
 
 Base assumptions (each row changes one): the client holds only the patch embedding
@@ -27,6 +27,7 @@ import time
 
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.sim.costmodel import client_cost
+from sfprompt.results.markdown import markdown_table
 
 BASE = {"split.head_blocks": 0, "split.tail_blocks": 0, "prompt.length": 10,
         "prune.keep": 0.5, "train.local_epochs": 1, "train.split_epochs": 1}
@@ -101,15 +102,13 @@ def headline(models: list[str]) -> list[dict]:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| model | setting | samples | kept | client FLOPs % of FL | traffic x FL "
-             "| SFPrompt MB/round | FL MB/round | SFPrompt GFLOP | FL GFLOP |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model'].replace('_patch16_224', '/16')} | {r['setting']} "
-                     f"| {r['samples']} | {r['kept']} | {r['client_flops_pct']:.3f} "
-                     f"| {r['comm_ratio']:.3f} | {r['sf_mb']:,.1f} | {r['fl_mb']:,.1f} "
-                     f"| {r['sf_gflop']:,.1f} | {r['fl_gflop']:,.1f} |")
-    return "\n".join(lines)
+    header = ["model", "setting", "samples", "kept", "client FLOPs % of FL", "traffic x FL",
+              "SFPrompt MB/round", "FL MB/round", "SFPrompt GFLOP", "FL GFLOP"]
+    return markdown_table(header, [
+        [r["model"].replace("_patch16_224", "/16"), r["setting"], r["samples"], r["kept"],
+         f"{r['client_flops_pct']:.3f}", f"{r['comm_ratio']:.3f}", f"{r['sf_mb']:,.1f}",
+         f"{r['fl_mb']:,.1f}", f"{r['sf_gflop']:,.1f}", f"{r['fl_gflop']:,.1f}"]
+        for r in rows])
 
 
 def main() -> None:

@@ -130,7 +130,7 @@ def main() -> None:
         cells = [statistics.mean(row[key] for row in tables[k]) if key in tables[k][0] else None
                  for k in ("local", "ray")]
         print(f"{key:<20}" + "".join(f"{c:>9.2f}" if c is not None else f"{'':>9}" for c in cells))
-    print(f"ray start-up (actors), s: "
+    print("ray start-up (actors), s: "
           + ", ".join(f"{r['startup']:.1f}" for r in by_kind["ray"]))
     ray.shutdown()
 

@@ -78,6 +78,7 @@ from sfprompt.platform.loop.world import build_world
 from sfprompt.platform.method.client import ClientWorker
 from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
+from sfprompt.results.markdown import markdown_table
 
 PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=10",
           "fed.partition=iid", "train.split_epochs=1", "train.optimizer=adam", "train.lr=3e-3",
@@ -253,8 +254,7 @@ def steady(values: list[float]) -> float:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of rows of formatted cells."""
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows])
+    return markdown_table(list(rows[0]), [list(r.values()) for r in rows])
 
 
 def part_a(args: argparse.Namespace, config: Configure) -> None:

@@ -22,7 +22,9 @@ from sfprompt.results.atomic import atomic_open
 CHECKPOINT = "checkpoint.pt"
 
 
-_FORMAT = 2  # bumped when the layout changes (2: tail.classifier); an old file is refused
+# Bumped when the layout changes (2: tail.classifier; 3: no aggregation memory); an old
+# file is refused.
+_FORMAT = 3
 
 
 def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],
@@ -31,8 +33,8 @@ def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],
     payload = {"format": _FORMAT, "round": int(progress.round),
                "global_state": progress.global_state,
                "visited": sorted(int(c) for c in progress.visited),
-               "elapsed": float(progress.elapsed), "aggregation": progress.aggregation,
-               "server": progress.server, "rounds": [_plain(r) for r in rounds],
+               "elapsed": float(progress.elapsed), "server": progress.server,
+               "rounds": [_plain(r) for r in rounds],
                "clients": [_plain(r) for r in clients]}
     with atomic_open(Path(run_dir) / CHECKPOINT) as f:
         torch.save(payload, f)
@@ -52,7 +54,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[Progress, list[dict], list[dic
                             f"this version reads {_FORMAT}")
     progress = Progress(global_state=payload["global_state"], round=payload["round"],
                         visited=set(payload["visited"]), elapsed=payload["elapsed"],
-                        aggregation=payload["aggregation"], server=payload["server"])
+                        server=payload["server"])
     return progress, payload["rounds"], payload["clients"]
 
 

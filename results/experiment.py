@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sfprompt.platform.config.dotted import flat_items, to_dict
+from sfprompt.platform.config.dotted import flatten, to_dict
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError, SfpromptError
@@ -107,7 +107,7 @@ def _record(run_dir: Path, world: World, backend: Backend, info: dict,
             progress: Progress | None = None, rounds: list[dict] | None = None,
             clients: list[dict] | None = None) -> Path:
     """The loop, from `progress` on, writing tables, checkpoint and run.json."""
-    columns = {"run_id": run_dir.name, **flat_items(world.cfg)}
+    columns = {"run_id": run_dir.name, **flatten(world.cfg)}
     rounds, clients = list(rounds or []), list(clients or [])
     progress = progress or initial_progress(world)
     start = time.perf_counter()

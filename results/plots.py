@@ -23,9 +23,13 @@ from sfprompt.results.summary import in_order, variants
 MB = 1e6
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path, dpi: int = 120, layout: bool = False) -> Path:
+    """Write `fig` to `path` as PNG, atomically: cropped to what it draws, or with
+    `layout` laid out by `tight_layout` at the figure's own size (the study plots)."""
+    if layout:
+        fig.tight_layout()
     with atomic_open(path) as f:
-        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches=None if layout else "tight")
     return path
 
 
@@ -69,7 +73,7 @@ def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
             ax.set_title(f"not shown (zero on this axis): {', '.join(silent)}", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths.append(_save(fig, Path(out_dir) / name))
+        paths.append(save_png(fig, Path(out_dir) / name))
     return paths
 
 
@@ -87,7 +91,7 @@ def run_plots(rounds: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     loss_ax = ax.twinx()
     loss_ax.plot(rounds["round"][evaluated], rounds["loss"][evaluated], marker="s", color="C1")
     loss_ax.set_ylabel("test loss", color="C1")
-    paths = [_save(fig, out_dir / "accuracy.png")]
+    paths = [save_png(fig, out_dir / "accuracy.png")]
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -101,7 +105,7 @@ def run_plots(rounds: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if kinds:
         ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "traffic.png"))
+    paths.append(save_png(fig, out_dir / "traffic.png"))
 
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
@@ -111,5 +115,5 @@ def run_plots(rounds: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     right.plot(rounds["sim.elapsed_seconds"][evaluated], rounds["accuracy"][evaluated],
                marker="o")
     right.set(xlabel="simulated time (s)", ylabel="test accuracy")
-    paths.append(_save(fig, out_dir / "cost.png"))
+    paths.append(save_png(fig, out_dir / "cost.png"))
     return paths

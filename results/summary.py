@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sfprompt.platform.config.dotted import flat_items
+from sfprompt.platform.config.dotted import flatten
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.results.atomic import atomic_write_text, write_parquet
+from sfprompt.results.markdown import markdown_table
 from sfprompt.results.tables import ROUNDS, read_rounds
 
 # Settings in which runs of one variant may differ: the seed, and where they were written.
@@ -78,7 +79,7 @@ def name_variants(frames: list[pd.DataFrame]) -> None:
     """Add column `variant` to each run's rounds: its method, followed by each setting in
     which that method's runs differ, e.g. `sfprompt compress.activations=int8`. Settings
     that differ only between methods (centralized runs as one client) name nothing."""
-    keys = [k for k in flat_items(Config()) if k not in SAME_VARIANT
+    keys = [k for k in flatten(Config()) if k not in SAME_VARIANT
             and all(k in frame.columns for frame in frames)]
     settings = [{k: frame[k].iloc[0] for k in keys} for frame in frames]
     for frame, setting in zip(frames, settings):
@@ -181,9 +182,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     header = ["method", "runs", "final acc", "best acc", "rounds to target", "MB to target",
               "client GFLOP/round", "client GFLOP total", "client FLOPs vs fl", "MB/round",
               "MB total", "traffic vs fl", "one-off MB", "sim s"]
-    lines = [f"Target accuracy {table['target'].iloc[0]:.4f}; mean ± std over seeds; "
-             "'rounds/MB to target' over the seeds that reach it.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for _, r in table.iterrows():
         def m(metric: str, scale: float = 1.0, digits: int = 3, r=r) -> str:
             return _pm(r[f"{metric}.mean"], r[f"{metric}.std"], scale, digits)
@@ -193,8 +192,10 @@ def to_markdown(table: pd.DataFrame) -> str:
                  m("flops.client.total", GFLOP, 1), _ratio(r, "flops.client.total"),
                  m("bytes.round", MB, 2), m("bytes.total", MB, 1), _ratio(r, "bytes.total"),
                  m("bytes.frozen_download.total", MB, 1), m("sim.elapsed", 1.0, 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return (f"Target accuracy {table['target'].iloc[0]:.4f}; mean ± std over seeds; "
+            "'rounds/MB to target' over the seeds that reach it.\n\n"
+            + markdown_table(header, rows) + "\n")
 
 
 def write_compare(compare_dir: str | Path, target: float | None = None,

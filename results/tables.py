@@ -41,25 +41,6 @@ ROUNDS = Table("rounds", ("round", "accuracy", "loss", "wall_seconds", "particip
 CLIENTS = Table("clients", ("round", "client"))
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"bytes": {"smashed_up": 3}}` -> `{"bytes.smashed_up": 3}`, to any depth.
-
-    Two paths that end up with the same dotted name (`{"a.b": 1, "a": {"b": 2}}`) are
-    an error rather than one silently overwriting the other.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"column names must be non-empty strings, got {key!r}")
-        name = f"{prefix}.{key}" if prefix else key
-        items = flatten(value, name).items() if isinstance(value, Mapping) else [(name, value)]
-        for column, v in items:
-            if column in flat:
-                raise ValueError(f"column {column!r} appears twice after flattening")
-            flat[column] = v
-    return flat
-
-
 def table_frame(table: Table, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Check `rows` against `table` and build its frame (required columns, then sorted).
 
@@ -96,22 +77,12 @@ def read_table(run_dir: str | Path, table: Table) -> pd.DataFrame:
     return df
 
 
-def rounds_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The `rounds.parquet` frame: one row per round."""
-    return table_frame(ROUNDS, rows)
-
-
 def write_rounds(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
     write_table(run_dir, ROUNDS, rows)
 
 
 def read_rounds(run_dir: str | Path) -> pd.DataFrame:
     return read_table(run_dir, ROUNDS)
-
-
-def clients_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The `clients.parquet` frame: one row per sampled client per round."""
-    return table_frame(CLIENTS, rows)
 
 
 def write_clients(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from sfprompt.results.atomic import atomic_write_text, write_parquet
+from sfprompt.results.markdown import markdown_table
 from sfprompt.studies.plots import PLOTS
 from sfprompt.studies.spec import StudySpec
 from sfprompt.studies.storage import load_study, read_study_spec
@@ -67,14 +68,13 @@ def pareto_frame(trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     return out.sort_values(first.name, ascending=first.direction == "minimize", kind="stable")
 
 
-def markdown_table(df: pd.DataFrame) -> str:
+def _frame_table(df: pd.DataFrame) -> str:
     def cell(v) -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.4g}"
         return "" if v is None else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    rows = ([cell(v) for v in row] for row in df.itertuples(index=False))
+    return markdown_table(list(df.columns), rows) + "\n"
 
 
 def pareto_markdown(pareto: pd.DataFrame, trials: pd.DataFrame, spec: StudySpec) -> str:
@@ -83,7 +83,7 @@ def pareto_markdown(pareto: pd.DataFrame, trials: pd.DataFrame, spec: StudySpec)
     title = "Pareto front" if len(spec.objectives) > 1 else "Best trial"
     about = f"{spec.description}\n\n" if spec.description else ""
     return (f"# {title} of study {spec.name}\n\n{about}Objectives: {goals}. "
-            f"Trials: {states}.\n\n" + markdown_table(pareto))
+            f"Trials: {states}.\n\n" + _frame_table(pareto))
 
 
 def export_study(study_dir: str | Path) -> list[Path]:

@@ -15,16 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.registry import Registry
 
 Reduce = Callable[[Sequence[float]], float]
 
-REDUCERS: dict[str, Reduce] = {
+REDUCERS: Registry[Reduce] = Registry("reduction", {
     "last": lambda values: values[-1],
     "sum": lambda values: math.fsum(values),
     "mean": lambda values: math.fsum(values) / len(values),
     "max": max,
     "min": min,
-}
+})
 
 # Columns computed from a rounds row; the names a user would reach for first.
 DERIVED: dict[str, Callable[[dict], float]] = {

@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.errors import SfpromptError, first_line
 from sfprompt.studies.storage import StorageRef
 from sfprompt.studies.strategies import make_trial_pruner
 from sfprompt.studies.trial import TrialOutcome, TrialRequest, execute_trial, optuna_reporter
@@ -120,5 +120,4 @@ class RayExecutor:
         try:
             return trial, ray.get(ref)
         except ray.exceptions.RayError as err:  # the worker died (e.g. out of memory)
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            return trial, TrialOutcome("fail", attrs={"fail_reason": f"Ray: {reason}"})
+            return trial, TrialOutcome("fail", attrs={"fail_reason": f"Ray: {first_line(err)}"})

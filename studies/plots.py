@@ -18,27 +18,16 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sfprompt.results.atomic import atomic_open
+from sfprompt.platform.registry import Registry
+from sfprompt.results.plots import save_png
 from sfprompt.studies.spec import StudySpec
 
 log = logging.getLogger(__name__)
 Plot = Callable[[optuna.Study, StudySpec, pd.DataFrame, Path], bool]
-PLOTS: dict[str, Plot] = {}
+PLOTS: Registry[Plot] = Registry("study plot")
+register_plot = PLOTS.register
 _PANEL_IN = 4.5  # inches per panel
-
-
-def register_plot(name: str) -> Callable[[Plot], Plot]:
-    def add(fn: Plot) -> Plot:
-        PLOTS[name] = fn
-        return fn
-    return add
-
-
-def _save(fig: Figure, path: Path) -> bool:
-    fig.tight_layout()
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    return True
+_DPI = 110
 
 
 def _label(spec: StudySpec, i: int) -> str:
@@ -67,7 +56,8 @@ def pareto_front(study: optuna.Study, spec: StudySpec, trials: pd.DataFrame, pat
         ax.set_ylabel(_label(spec, i))
         ax.legend(fontsize=8)
     fig.suptitle(f"{spec.name}: {len(best)} of {len(done)} complete trials on the front")
-    return _save(fig, path)
+    save_png(fig, path, _DPI, layout=True)
+    return True
 
 
 @register_plot("history")
@@ -88,7 +78,8 @@ def history(study: optuna.Study, spec: StudySpec, trials: pd.DataFrame, path: Pa
         ax.set_ylabel(_label(spec, i))
         ax.legend(fontsize=8)
     fig.suptitle(f"{spec.name}: optimisation history")
-    return _save(fig, path)
+    save_png(fig, path, _DPI, layout=True)
+    return True
 
 
 @register_plot("importances")
@@ -115,4 +106,5 @@ def importances(study: optuna.Study, spec: StudySpec, trials: pd.DataFrame, path
         ax.barh(keys, [scores[k] for k in keys], color="tab:blue")
         ax.set_xlabel(f"importance for {name}")
     fig.suptitle(f"{spec.name}: parameter importances")
-    return _save(fig, path)
+    save_png(fig, path, _DPI, layout=True)
+    return True

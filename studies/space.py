@@ -20,13 +20,13 @@ from typing import Any
 
 import optuna
 
-from sfprompt.platform.config.dotted import flat_items
+from sfprompt.platform.config.dotted import flatten
 from sfprompt.platform.config.load import replace
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError
 
 # Every config key and its default; a key's type is its default's type.
-CONFIG_DEFAULTS: dict[str, Any] = flat_items(Config())
+CONFIG_DEFAULTS: dict[str, Any] = flatten(Config())
 # The study decides where runs go and how they run (one trial = one in-process run).
 STUDY_OWNED = ("run.out_dir", "run.run_id", "run.backend")
 _PARAM_KEYS = ("low", "high", "step", "log", "choices")
@@ -67,13 +67,16 @@ def parse_fixed(fixed: dict[str, Any]) -> tuple[dict[str, Any], Config]:
         base = replace(Config(), **fixed)
     except ConfigError as err:
         raise ConfigError(f"fixed.{err}") from None
-    resolved = flat_items(base)
+    resolved = flatten(base)
     return {key: resolved[key] for key in fixed}, base
 
 
 def parse_space(entries: Any, fixed: dict[str, Any], base: Config) -> tuple[Param, ...]:
     """The `[space]` table as Params, each range endpoint and choice checked alone."""
     flat = flatten(table(entries, "space", None), is_leaf=_is_param)
+    for key, entry in flat.items():
+        if not _is_param(entry):
+            raise ConfigError(f"{key}: expected a range table, got {entry!r}")
     if not flat:
         raise ConfigError("space: needs at least one searched key")
     params = []
@@ -143,21 +146,6 @@ def _check_value(base: Config, key: str, value: Any) -> None:
 
 def _is_param(value: Any) -> bool:
     return isinstance(value, dict) and any(k in value for k in _PARAM_KEYS)
-
-
-def flatten(table: dict[str, Any], prefix: str = "", is_leaf=lambda v: not isinstance(v, dict)
-             ) -> dict[str, Any]:
-    """`{"split": {"head_blocks": 1}}` and `{"split.head_blocks": 1}` both give the latter."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if is_leaf(value):
-            out[name] = value
-        elif isinstance(value, dict):
-            out.update(flatten(value, name + ".", is_leaf))
-        else:
-            raise ConfigError(f"{name}: expected a range table, got {value!r}")
-    return out
 
 
 def _accepted(typ: type) -> type | tuple[type, ...]:

@@ -32,11 +32,10 @@ from typing import Any
 
 import optuna
 
-from sfprompt.platform.config.load import replace
-from sfprompt.platform.config.schema import Config
+from sfprompt.platform.config.dotted import flatten
 from sfprompt.platform.errors import ConfigError
 from sfprompt.studies.objectives import DIRECTIONS, REDUCERS, Objective, default_reduce
-from sfprompt.studies.space import Param, flatten, parse_fixed, parse_space, table, typed
+from sfprompt.studies.space import Param, parse_fixed, parse_space, table, typed
 from sfprompt.studies.strategies import SAMPLERS, TRIAL_PRUNERS, check_options
 
 STORAGE_KINDS = ("sqlite", "journal")
@@ -65,10 +64,6 @@ class StudySpec:
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
-
-    def base_config(self) -> Config:
-        """Defaults with the fixed settings: what a trial's parameters are applied to."""
-        return replace(Config(), **self.fixed)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {p.key: p.suggest(trial) for p in self.space}
@@ -198,8 +193,7 @@ def _parse_objectives(items: Any) -> tuple[Objective, ...]:
         reduce = typed(item.get("reduce", default_reduce(metric)), str, f"{where}.reduce")
         if direction not in DIRECTIONS:
             raise ConfigError(f"{where}.direction: must be maximize or minimize, got {direction!r}")
-        if reduce not in REDUCERS:
-            raise ConfigError(f"{where}.reduce: unknown {reduce!r} (known: {', '.join(REDUCERS)})")
+        REDUCERS.check(f"{where}.reduce", reduce)
         objective = Objective(metric, direction, reduce)
         if objective.name in [o.name for o in out]:
             raise ConfigError(f"{where}.metric: {objective.name} is already an objective")

@@ -15,35 +15,34 @@ from typing import Any
 import optuna
 
 from sfprompt.platform.errors import ConfigError
+from sfprompt.platform.registry import Registry
 
-SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+SAMPLERS: Registry[type[optuna.samplers.BaseSampler]] = Registry("sampler", {
     "tpe": optuna.samplers.TPESampler,        # single and multi-objective (MOTPE)
     "nsga2": optuna.samplers.NSGAIISampler,   # multi-objective genetic search
     "nsga3": optuna.samplers.NSGAIIISampler,  # many (> 3) objectives
     "random": optuna.samplers.RandomSampler,
     "gp": optuna.samplers.GPSampler,          # Gaussian process; few, expensive trials
     "qmc": optuna.samplers.QMCSampler,        # quasi-random coverage of the space
-}
+})
 
-TRIAL_PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+TRIAL_PRUNERS: Registry[type[optuna.pruners.BasePruner]] = Registry("trial pruner", {
     "none": optuna.pruners.NopPruner,
     "median": optuna.pruners.MedianPruner,
     "percentile": optuna.pruners.PercentilePruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
     "threshold": optuna.pruners.ThresholdPruner,
-}
+})
 
 # Set by the study itself, not by options.
 _RESERVED = {"sampler": ("seed",), "trial_pruner": ()}
 
 
-def check_options(section: str, name: str, registry: dict[str, type],
+def check_options(section: str, name: str, registry: Registry[type],
                   options: dict[str, Any]) -> None:
     """Raise ConfigError unless `name` is registered and takes every option by keyword."""
-    if name not in registry:
-        raise ConfigError(f"{section}.name: unknown {name!r} (known: {', '.join(registry)})")
-    params = inspect.signature(registry[name].__init__).parameters
+    params = inspect.signature(registry.check(f"{section}.name", name).__init__).parameters
     accepted = [p for p in params if p != "self" and p not in _RESERVED[section]]
     for key in options:
         if key not in accepted:
@@ -51,7 +50,7 @@ def check_options(section: str, name: str, registry: dict[str, type],
                               f"(options: {', '.join(accepted) or 'none'})")
 
 
-def _build(section: str, name: str, registry: dict[str, type], options: dict[str, Any]):
+def _build(section: str, name: str, registry: Registry[type], options: dict[str, Any]):
     try:
         return registry[name](**options)
     except (TypeError, ValueError) as err:

@@ -17,7 +17,8 @@ FOLDERS = ("platform", "actors", "studies", "results", "sfprompt")
 MAY_IMPORT = {"platform": set(), "actors": {"platform"}, "results": {"platform"},
               "studies": {"platform", "results"}, "sfprompt": set(FOLDERS)}
 # Rooms of platform, lowest first: a module imports only modules of its rank or below.
-RANKS = [("platform.errors",), ("platform.config.schema", "platform.config.dotted"),
+RANKS = [("platform.errors", "platform.registry", "platform.atomic", "platform.seeds"),
+         ("platform.config.schema", "platform.config.dotted"),
          ("platform.data", "platform.model", "platform.wire"), ("platform.method",),
          ("platform.fed", "platform.sim", "platform.model.build"),
          ("platform.config.validate", "platform.config.load"), ("platform.loop",)]

@@ -1,14 +1,16 @@
 """Dotted keys: between nested dicts (TOML, overrides) and the typed `Config`.
 
-`parse_overrides` turns `fed.rounds=50` into a nested dict, `merge` lays one nested
-dict over another, `build` checks every key and type against the schema and builds
-the dataclasses, `flat_items` and `to_dict` go back (result columns, `config.toml`).
+`flatten` and `unflatten` go between nested values and dotted keys (result columns, study
+files, overrides); `parse_overrides` turns `fed.rounds=50` into a nested dict, `merge`
+lays one nested dict over another, `build` checks every key and type against the schema
+and builds the dataclasses, `to_dict` goes back (`config.toml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sfprompt.platform.config.schema import Config
@@ -66,20 +68,56 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["fed.rounds=50", "prune.keep=0.3"]` -> nested dict of strings."""
-    nested: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item}: overrides are dotted key=value, e.g. fed.rounds=50")
+        flat[key.strip()] = value.strip()
+    return unflatten(flat)
+
+
+def flatten(value: Any, prefix: str = "",
+            is_leaf: Callable[[Any], bool] = lambda v: False) -> dict[str, Any]:
+    """Nested dataclasses (a `Config`) or dicts -> `{"split.head_blocks": 1, ...}`, the
+    dotted names of result columns and study files, in field order.
+
+    A key may be dotted already: `{"split": {"head_blocks": 1}}` and
+    `{"split.head_blocks": 1}` both give the latter, and two paths to one name are an
+    error rather than one silently overwriting the other. `is_leaf` keeps a dict whole
+    (a study's search range).
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    else:
+        items = list(value.items())
+    out: dict[str, Any] = {}
+    for key, item in items:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{prefix or 'a key'}: keys must be non-empty strings, got {key!r}")
+        name = f"{prefix}.{key}" if prefix else key
+        nested = ((dataclasses.is_dataclass(item) and not isinstance(item, type))
+                  or (isinstance(item, Mapping) and not is_leaf(item)))
+        for column, leaf in flatten(item, name, is_leaf).items() if nested else [(name, item)]:
+            if column in out:
+                raise ConfigError(f"{column}: given twice (as a dotted key and in a table)")
+            out[column] = leaf
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"fed.rounds": 50}` -> `{"fed": {"rounds": 50}}`, the inverse of `flatten`."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
         node = nested
-        *parents, leaf = parts = key.strip().split(".")
+        *parents, leaf = parts = key.split(".")
         if not all(parts):
             raise ConfigError(f"{key}: empty part in a dotted key, e.g. fed.rounds=50")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {part} is a value, not a table")
-        node[leaf] = value.strip()
+        node[leaf] = value
     return nested
 
 
@@ -98,15 +136,3 @@ def merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> dic
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def flat_items(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"split.head_blocks": 1, ...}`: the dotted names used as result columns."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(flat_items(value, f"{prefix}{f.name}."))
-        else:
-            out[prefix + f.name] = value
-    return out

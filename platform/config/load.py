@@ -12,7 +12,7 @@ from typing import Any
 
 import tomllib
 
-from sfprompt.platform.config.dotted import build, merge, parse_overrides, to_dict
+from sfprompt.platform.config.dotted import build, merge, parse_overrides, to_dict, unflatten
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.config.validate import validate
 from sfprompt.platform.errors import ConfigError
@@ -45,11 +45,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def replace(cfg: Config, **dotted: Any) -> Config:
     """A copy with dotted keys changed (`replace(cfg, **{"prune.keep": 1.0})`), validated."""
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return config_from_dict(merge(to_dict(cfg), nested))
+    return config_from_dict(merge(to_dict(cfg), unflatten(dotted)))

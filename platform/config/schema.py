@@ -61,7 +61,7 @@ class TrainConfig:
     # Epochs of split training (through the server body) per round.
     split_epochs: int = 1
     batch_size: int = 32
-    # Client optimizer from methods.OPTIMIZERS (sgd = SGD with `momentum`, adam),
+    # Client optimizer from method.trainable.OPTIMIZERS (sgd = SGD with `momentum`, adam),
     # created fresh every round: clients keep no optimizer state between rounds.
     optimizer: str = "adam"
     # Momentum of sgd.
@@ -157,7 +157,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class CompressConfig:
-    # Codec (compression.py: none, fp16, bf16, int8 = per-token absmax) of the
+    # Codec (wire/codecs.py: none, fp16, bf16, int8 = per-token absmax) of the
     # activations that cross the cut: smashed up and body output down.
     activations: str = "none"
     # Codec of the gradients that cross the cut: up to the body and down to the head.
@@ -230,7 +230,7 @@ EVAL_WORKERS = ("thread", "actor", "inline")
 
 @dataclass(frozen=True)
 class FaultsConfig:
-    # Injected faults (platform/faults.py), each decided by its own generator seeded by
+    # Injected faults (sim/faults.py), each decided by its own generator seeded by
     # (run.seed, round, client), so a run's faults are the same in every backend and on
     # every rerun. All off by default.
     # Probability that a sampled, online client crashes in a round: its process dies on

@@ -18,11 +18,20 @@ from sfprompt.platform.config.schema import (
     Config,
 )
 from sfprompt.platform.errors import ConfigError
+from sfprompt.platform.registry import Registry
 
 
 def _check(ok: bool, key: str, reason: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {reason}")
+
+
+def _check_choice(key: str, value: str, choices: Registry | tuple[str, ...]) -> None:
+    """A name from a registry, or one of the schema's fixed choices (backends, ...)."""
+    if isinstance(choices, Registry):
+        choices.check(key, value)
+    else:
+        _check(value in choices, key, f"unknown {value!r} (known: {', '.join(sorted(choices))})")
 
 
 def validate(cfg: Config) -> None:
@@ -74,7 +83,7 @@ def validate(cfg: Config) -> None:
            f"{cfg.fed.clients_per_round} exceeds fed.num_clients = {cfg.fed.num_clients}")
     _check(cfg.split.local_pool in ("auto", "mean", "model"), "split.local_pool",
            f"must be auto, mean or model, got {cfg.split.local_pool!r}")
-    for key, value, registry in (
+    for key, value, choices in (
         ("data.name", cfg.data.name, DATASETS),
         ("fed.partition", cfg.fed.partition, PARTITIONERS),
         ("fed.aggregation", cfg.fed.aggregation, AGGREGATIONS),
@@ -87,7 +96,7 @@ def validate(cfg: Config) -> None:
         ("compress.activations", cfg.compress.activations, CODECS),
         ("compress.gradients", cfg.compress.gradients, CODECS),
     ):
-        _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
+        _check_choice(key, value, choices)
     depth, patch = model_depth(cfg.model.name), model_patch_size(cfg.model.name)
     # timm floors the patch grid, so the rest of every row and column would be dropped.
     _check(cfg.model.img_size % patch == 0, "model.img_size",
@@ -104,14 +113,14 @@ def _validate_clock(cfg: Config) -> None:
     from sfprompt.platform.fed.protocols import PROTOCOLS
     from sfprompt.platform.sim.profiles import PROFILE_SOURCES, SERVER_TIERS, TIERS, parse_mix
 
-    for key, value, registry in (
+    for key, value, choices in (
         ("profiles.source", cfg.profiles.source, PROFILE_SOURCES),
         ("profiles.tier", cfg.profiles.tier, TIERS),
         ("profiles.server", cfg.profiles.server, SERVER_TIERS),
         ("network.mode", cfg.network.mode, NETWORK_MODES),
         ("fed.protocol", cfg.fed.protocol, PROTOCOLS),
     ):
-        _check(value in registry, key, f"unknown {value!r} (known: {', '.join(sorted(registry))})")
+        _check_choice(key, value, choices)
     parse_mix(cfg.profiles.mix)  # raises ConfigError naming profiles.mix
     _check(cfg.profiles.source != "trace" or bool(cfg.profiles.trace), "profiles.trace",
            "must name a CSV or Parquet file when profiles.source = 'trace'")

@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 
 from sfprompt.platform.errors import ConfigError
+from sfprompt.platform.registry import Registry
+from sfprompt.platform.seeds import stream
 
 # Dirichlet draws are retried until every client has min_samples; past this many tries
 # the setting is practically impossible and the user should change it.
@@ -40,16 +42,8 @@ class PartitionParams:
 # (labels, num_clients, rng, params) -> one index array per client, any order inside.
 Partitioner = Callable[[np.ndarray, int, np.random.Generator, PartitionParams], list[np.ndarray]]
 Parts = list[np.ndarray]
-PARTITIONERS: dict[str, Partitioner] = {}
-
-
-def register_partitioner(name: str) -> Callable[[Partitioner], Partitioner]:
-    def add(fn: Partitioner) -> Partitioner:
-        assert name not in PARTITIONERS, f"partitioner {name!r} registered twice"
-        PARTITIONERS[name] = fn
-        return fn
-
-    return add
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
+register_partitioner = PARTITIONERS.register
 
 
 def partition(
@@ -63,10 +57,7 @@ def partition(
     min_samples: int = 1,
 ) -> list[np.ndarray]:
     """One sorted int64 index array into `labels` per client, by scheme `name`."""
-    if name not in PARTITIONERS:
-        raise ConfigError(
-            f"fed.partition={name!r} is not a partitioner; choose one of {sorted(PARTITIONERS)}"
-        )
+    scheme = PARTITIONERS.check("fed.partition", name)
     labels = np.asarray(labels)
     assert labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer), (labels.dtype, labels.shape)
     if num_clients < 1:
@@ -81,7 +72,7 @@ def partition(
             f"exceeds the {len(labels)} training samples"
         )
     params = PartitionParams(alpha=alpha, shards_per_client=shards_per_client, min_samples=min_samples)
-    parts = PARTITIONERS[name](labels, num_clients, np.random.default_rng(seed), params)
+    parts = scheme(labels, num_clients, stream(seed), params)
     smallest = min(len(p) for p in parts)
     if smallest < min_samples:
         raise ConfigError(

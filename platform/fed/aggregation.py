@@ -8,16 +8,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sfprompt.platform.registry import Registry
+
 State = dict[str, torch.Tensor]
 Aggregation = Callable[[Sequence[State], Sequence[float]], State]
-AGGREGATIONS: dict[str, Aggregation] = {}
-
-
-def register_aggregation(name: str) -> Callable[[Aggregation], Aggregation]:
-    def add(fn: Aggregation) -> Aggregation:
-        AGGREGATIONS[name] = fn
-        return fn
-    return add
+AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
+register_aggregation = AGGREGATIONS.register
 
 
 @register_aggregation("fedavg")

@@ -26,9 +26,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from sfprompt.platform.config.schema import FedConfig
+from sfprompt.platform.registry import Registry
+from sfprompt.platform.seeds import stream
 
 STATUSES = ("ok", "late", "dropped", "offline", "failed")
 _AVAILABILITY_STREAM = 0xA7A1  # keeps availability draws apart from other seeded streams
@@ -42,7 +42,7 @@ class Protocol:
     select: Select  # finish times of the clients that ran -> (statuses, round seconds)
 
 
-PROTOCOLS: dict[str, Protocol] = {}
+PROTOCOLS: Registry[Protocol] = Registry("round protocol")
 
 
 def _clients_per_round(fed: FedConfig) -> int:
@@ -51,7 +51,7 @@ def _clients_per_round(fed: FedConfig) -> int:
 
 def register_protocol(name: str, sample_size: Callable[[FedConfig], int] = _clients_per_round):
     def add(fn: Select) -> Select:
-        PROTOCOLS[name] = Protocol(sample_size, fn)
+        PROTOCOLS.add(name, Protocol(sample_size, fn))
         return fn
     return add
 
@@ -89,5 +89,5 @@ def over_commit(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], flo
 def is_online(seed: int, round_: int, client: int, availability: float) -> bool:
     """Whether a sampled client is there: its own draw, so it does not depend on who
     else was sampled or on the backend."""
-    draw = np.random.default_rng([seed, round_, client, _AVAILABILITY_STREAM]).random()
+    draw = stream(seed, round_, client, _AVAILABILITY_STREAM).random()
     return bool(draw < availability)

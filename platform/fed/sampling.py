@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sfprompt.platform.config.schema import Config
+from sfprompt.platform.seeds import stream
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -18,7 +19,7 @@ def client_seed(seed: int, round_: int, client: int) -> int:
 
 def sample_clients(cfg: Config, round_: int, count: int | None = None) -> list[int]:
     """`count` distinct clients (default fed.clients_per_round), by (seed, round)."""
-    rng = np.random.default_rng([cfg.run.seed, round_])
+    rng = stream(cfg.run.seed, round_)
     size = cfg.fed.clients_per_round if count is None else count
     chosen = rng.choice(cfg.fed.num_clients, size=size, replace=False)
     return sorted(int(c) for c in chosen)

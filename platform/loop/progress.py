@@ -23,8 +23,5 @@ class Progress:
     round: int = 0  # rounds finished
     visited: set[int] = field(default_factory=set)  # clients that received the frozen head
     elapsed: float = 0.0  # simulated seconds so far
-    # Tensors the aggregation rule keeps between rounds (e.g. a server momentum
-    # buffer); a rule that takes a `memory` argument updates this dict in place.
-    aggregation: State = field(default_factory=dict)
     # BodyServer.state_dict() when the method trains the body, else None.
     server: dict[str, Any] | None = None

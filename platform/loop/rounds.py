@@ -14,7 +14,6 @@ loop's state between rounds is a `Progress`, so a run can resume from it.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import time
@@ -100,11 +99,9 @@ class _Trained:
 
 def _copy(progress: Progress) -> Progress:
     """A copy that later rounds cannot change: they replace the global state's dict
-    (aggregation builds a new one) but grow `visited` and may update the aggregation
-    rule's memory in place."""
+    (aggregation builds a new one) but grow `visited` in place."""
     return dataclasses.replace(progress, global_state=dict(progress.global_state),
-                               visited=set(progress.visited),
-                               aggregation={k: v.clone() for k, v in progress.aggregation.items()})
+                               visited=set(progress.visited))
 
 
 def _train_round(world: World, backend: Backend, progress: Progress,
@@ -154,11 +151,8 @@ def _train_round(world: World, backend: Backend, progress: Progress,
                       key=lambda o: o.client)
     aggregated = [o.result for o in outcomes if o.status == "ok"]
     if aggregated:
-        # A rule that keeps state between rounds takes it as `memory` (checkpoint.Progress).
-        keeps_memory = "memory" in inspect.signature(aggregate).parameters
-        memory = {"memory": progress.aggregation} if keeps_memory else {}
         progress.global_state = aggregate([r.state for r in aggregated],
-                                          [r.num_kept for r in aggregated], **memory)
+                                          [r.num_kept for r in aggregated])
     else:
         log.warning("round %d: no client update to aggregate; the global state stays", round_)
     row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,

@@ -78,7 +78,7 @@ class ClientWorker:
         self.client_model = split.client()
         self.parameters = list(self.client_model.parameters())
         # FLOPs of each distinct step, counted once for every client this worker serves
-        # (accounting.Flops); None counts every step afresh.
+        # (wire.flops.Flops); None counts every step afresh.
         self.flop_cache: dict | None = {}
 
     def batches(self, indices: np.ndarray, batch_size: int,

@@ -14,15 +14,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from sfprompt.platform.registry import Registry
+
 Score = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
-SCORES: dict[str, Score] = {}
-
-
-def register_score(name: str) -> Callable[[Score], Score]:
-    def add(fn: Score) -> Score:
-        SCORES[name] = fn
-        return fn
-    return add
+SCORES: Registry[Score] = Registry("pruning score")
+register_score = SCORES.register
 
 
 @register_score("el2n")

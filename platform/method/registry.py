@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
+from sfprompt.platform.registry import Registry
 
 ClientRound = Callable[[Config, ClientWorker, ClientTask, State, object], ClientResult]
 
@@ -32,13 +33,13 @@ class Method:
     pooled: bool = False           # one client holds all training data (no federation)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(name: str, trains: Callable[[str], bool], **options):
     """Register the decorated client round as method `name` (options: Method's fields)."""
     def add(fn: ClientRound) -> ClientRound:
-        METHODS[name] = Method(trains, fn, **options)
+        METHODS.add(name, Method(trains, fn, **options))
         return fn
     return add
 

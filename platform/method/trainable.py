@@ -15,6 +15,7 @@ from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.client import ClientWorker
 from sfprompt.platform.method.registry import Method
 from sfprompt.platform.model.split import SplitModel
+from sfprompt.platform.registry import Registry
 
 
 def set_trainable(split: SplitModel, method: Method) -> None:
@@ -40,11 +41,12 @@ def is_new(name: str) -> bool:
     return parameter_kind(name) != "pretrained"
 
 
-OPTIMIZERS: dict[str, Callable[[list[dict], Config], torch.optim.Optimizer]] = {
+MakeOptimizer = Callable[[list[dict], Config], torch.optim.Optimizer]  # (param groups, cfg)
+OPTIMIZERS: Registry[MakeOptimizer] = Registry("optimizer", {
     "sgd": lambda groups, cfg: torch.optim.SGD(groups, momentum=cfg.train.momentum,
                                                weight_decay=cfg.train.weight_decay),
     "adam": lambda groups, cfg: torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay),
-}
+})
 
 
 def make_optimizer(cfg: Config, worker: ClientWorker) -> torch.optim.Optimizer:

@@ -4,7 +4,7 @@ Under "bf16" the operators autocast lists (matrix products, attention) run in
 bfloat16 while parameters, optimizer state and gradients stay fp32 (master weights),
 so a round changes only in the rounding of those products. FLOPs are counted from
 shapes and come out the same; a tensor that crosses the network keeps the dtype the
-model gives it, so bytes still follow the codecs (compression.py).
+model gives it, so bytes still follow the codecs (wire/codecs.py).
 """
 
 from __future__ import annotations

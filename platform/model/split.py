@@ -174,7 +174,7 @@ class SplitModel:
     tail: Tail
     local_pool: str
     # The body lives on the client too (methods that do not split: fl, fl_prompt,
-    # centralized); set by `methods.set_trainable` from the method.
+    # centralized); set by `method.trainable.set_trainable` from the method.
     client_body: bool = False
 
     def __post_init__(self) -> None:
@@ -205,7 +205,7 @@ class SplitModel:
     def training(self):
         """Training mode while a training pass runs: batch statistics in `ProbeNorm`,
         evaluation mode otherwise. The probe norms are the only modules with a training
-        mode to switch (the model is built without dropout or drop-path, rounds.py), so
+        mode to switch (the model is built without dropout or drop-path, model/build.py), so
         only they are switched: setting a mode walks every submodule."""
         for m in self._norms:
             m.train()
@@ -228,7 +228,7 @@ def local_pool_for(model_pool: str, head_blocks: int, tail_blocks: int, choice: 
 def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt_length: int,
               local_pool: str = "auto") -> SplitModel:
     """Cut `vit` at (head_blocks, tail_blocks). Every parameter starts frozen; the method
-    (methods.py) unfreezes what it trains."""
+    (method/trainable.py) unfreezes what it trains."""
     depth = len(vit.blocks)
     if head_blocks < 0 or tail_blocks < 0 or head_blocks + tail_blocks > depth:
         raise SfpromptError(f"split: head_blocks={head_blocks} + tail_blocks={tail_blocks} "

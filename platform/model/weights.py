@@ -21,7 +21,6 @@ ConfigError; a missing network or package raises SfpromptError.
 import logging
 import os
 import socket
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -36,25 +35,18 @@ from huggingface_hub import constants as hf_constants
 from timm.models.vision_transformer import (VisionTransformer, checkpoint_filter_fn,
                                             init_weights_vit_timm)
 
-from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.atomic import atomic_write_bytes
+from sfprompt.platform.errors import ConfigError, SfpromptError, one_line
 from sfprompt.platform.model import dinov2_onnx
+from sfprompt.platform.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[..., VisionTransformer]  # (name, *, num_classes, img_size) -> model
-WEIGHT_SOURCES: dict[str, Loader] = {}
+WEIGHT_SOURCES: Registry[Loader] = Registry("weight source")
+weight_source = WEIGHT_SOURCES.register  # a loader under a `model.weights` value
 
 _HUB_PROBE_TIMEOUT_S = 5.0
-
-
-def weight_source(key: str) -> Callable[[Loader], Loader]:
-    """Register a loader under the `model.weights` value `key`."""
-
-    def register(loader: Loader) -> Loader:
-        WEIGHT_SOURCES[key] = loader
-        return loader
-
-    return register
 
 
 def create_vit(
@@ -100,19 +92,14 @@ def offline_checkpoint() -> Path:
         return target
     logger.info("converting %s to %s (once)", source, target)
     state_dict = dinov2_onnx.convert(source)
+    data = safetensors.torch.save(
+        state_dict, metadata={"source": f"{dinov2_onnx.DISTRIBUTION}=={version}"}
+    )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file + rename: parallel workers may convert at once, and each rename
-        # publishes a complete file, so no reader ever sees a torn one.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            safetensors.torch.save_file(
-                state_dict, tmp, metadata={"source": f"{dinov2_onnx.DISTRIBUTION}=={version}"}
-            )
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        # Parallel workers may convert at once; each atomic write publishes a complete
+        # file, so no reader ever sees a torn one.
+        atomic_write_bytes(target, data)
     except OSError as err:
         raise SfpromptError(f"SFPROMPT_CACHE: cannot write {target}: {err}") from err
     return target
@@ -145,7 +132,7 @@ def _hub(name: str, *, num_classes: int, img_size: int) -> VisionTransformer:
     try:
         model = timm.create_model(name, pretrained=True, num_classes=num_classes, img_size=img_size)
     except OSError as err:  # huggingface_hub's and urllib's network errors are all OSErrors
-        raise SfpromptError(f"model.weights='hub': cannot get {name} weights: {_one_line(err)}") from err
+        raise SfpromptError(f"model.weights='hub': cannot get {name} weights: {one_line(err, 300)}") from err
     # timm keeps the pretrained head when its size happens to equal num_classes
     # (ImageNet's 1000); it belongs to another task.
     for head in _classifier_modules(model):
@@ -166,7 +153,7 @@ def _load(
     try:
         state_dict = timm.models.load_state_dict(str(path))  # weights_only torch.load or safetensors
     except Exception as err:  # torch.load of a corrupt file raises nearly anything (KeyError, ...)
-        raise ConfigError(f"model.weights: cannot read checkpoint {path}: {_one_line(err)}") from err
+        raise ConfigError(f"model.weights: cannot read checkpoint {path}: {one_line(err, 300)}") from err
     model = timm.create_model(name, num_classes=num_classes, img_size=img_size)
     state_dict = checkpoint_filter_fn(state_dict, model, antialias=antialias)
     classifier = model.pretrained_cfg.get("classifier") or ()
@@ -180,7 +167,7 @@ def _load(
             {k: v for k, v in state_dict.items() if not is_head(k)}, strict=False
         )
     except RuntimeError as err:  # shape mismatches raise even when not strict
-        raise ConfigError(f"model.weights: {path} does not fit {name}: {_one_line(err)}") from err
+        raise ConfigError(f"model.weights: {path} does not fit {name}: {one_line(err, 300)}") from err
     missing = [k for k in result.missing_keys if not is_head(k)]
     if missing or result.unexpected_keys:
         raise ConfigError(
@@ -233,10 +220,6 @@ def _require_hub(name: str) -> None:
 def _classifier_modules(model: VisionTransformer) -> tuple[torch.nn.Module, ...]:
     classifier = model.get_classifier()  # a tuple for distilled models (head, head_dist)
     return classifier if isinstance(classifier, tuple) else (classifier,)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 def _few(keys: list[str], n: int = 5) -> str:

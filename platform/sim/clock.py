@@ -5,7 +5,7 @@ phase's round trips serialise client and server, so nothing overlaps):
 
     compute = client FLOPs / profile.flops_per_s
     comm    = sum over messages of  latency + jitter + 8 x bytes / bandwidth
-              (downlink for accounting.DOWN kinds, uplink for the rest)
+              (downlink for wire.link.DOWN kinds, uplink for the rest)
     server  = server FLOPs for this client / speed of one server slot
     queue   = extra wait because other clients' requests share the server
     finish  = compute + comm + server + queue
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sfprompt.platform.method.client import ClientResult
+from sfprompt.platform.seeds import stream
 from sfprompt.platform.sim.profiles import Profile, ServerProfile
 from sfprompt.platform.wire.link import DOWN, KINDS
 
@@ -96,7 +97,7 @@ def server_queue(service: Sequence[float], concurrency: int) -> list[float]:
 
 
 def jitter_rng(seed: int, round_: int, client: int) -> np.random.Generator:
-    return np.random.default_rng([seed, round_, client, _JITTER_STREAM])
+    return stream(seed, round_, client, _JITTER_STREAM)
 
 
 def client_times(results: Sequence[ClientResult], profiles: Sequence[Profile],

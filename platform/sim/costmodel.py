@@ -1,7 +1,7 @@
 """The cost model: bytes and FLOPs of one client's round for any model, without weights
 or compute.
 
-It runs the method's own client round (methods.py) on meta tensors: the timm model is
+It runs the method's own client round (platform/method/) on meta tensors: the timm model is
 built on `torch.device("meta")`, the client's images are meta tensors of the model's
 input size, and everything is counted by the same `Link` and `count_flops` a real run
 uses. Meta tensors have shapes and no values, so every count that depends only on
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, client_state
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
@@ -85,8 +84,7 @@ def cost_table(cfg: Config, methods: Sequence[str], samples: int,
     """One row per method: a client's per-round bytes by kind (`bytes.round` leaves out
     the one-off frozen_download), FLOPs, and the ratios to `fl` when it is in `methods`."""
     for name in methods:
-        if name not in METHODS:
-            raise ConfigError(f"train.method: unknown {name!r} (known: {', '.join(sorted(METHODS))})")
+        METHODS.check("train.method", name)
     rows = []
     for name in methods:
         method_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, method=name))

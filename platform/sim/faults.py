@@ -25,9 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from sfprompt.platform.config.schema import FaultsConfig
+from sfprompt.platform.seeds import stream
 from sfprompt.platform.wire.link import KINDS
 
 _CRASH_STREAM = 0xC4A5
@@ -38,8 +37,7 @@ def client_crashes(cfg: FaultsConfig, seed: int, round_: int, client: int) -> bo
     """Whether `client` crashes in `round_` (its own draw; never when the rate is 0)."""
     if cfg.client_crash <= 0:
         return False
-    return bool(np.random.default_rng([seed, round_, client, _CRASH_STREAM]).random()
-                < cfg.client_crash)
+    return bool(stream(seed, round_, client, _CRASH_STREAM).random() < cfg.client_crash)
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def message_faults(cfg: FaultsConfig, message_seconds, nbytes: Mapping[str, int]
     on the client's link (clock.message_seconds under its profile)."""
     if cfg.message_loss <= 0 and cfg.delay_spike <= 0:
         return MessageFaults()
-    rng = np.random.default_rng([seed, round_, client, _MESSAGE_STREAM])
+    rng = stream(seed, round_, client, _MESSAGE_STREAM)
     lost = extra_bytes = spikes = 0
     seconds = 0.0
     for kind in KINDS:  # fixed order: the same draws on every host

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from sfprompt.platform.config.schema import ProfilesConfig
-from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.errors import ConfigError, SfpromptError, first_line
+from sfprompt.platform.registry import Registry
+from sfprompt.platform.seeds import stream
 
 G, T, MBIT, MS, GIB = 1e9, 1e12, 1e6, 1e-3, 2**30
 
@@ -73,7 +75,7 @@ class Tier:
 # Phones train on the CPU cluster (NEON FMA: 32 FP32 FLOP/cycle on Cortex-X, 16 on
 # Cortex-A7x, 8 on little cores) at 10 % of peak. Availability 0.85-0.9: Bonawitz et al.,
 # "Towards Federated Learning at Scale" (MLSys 2019), see 6-10 % of devices drop per round.
-TIERS: dict[str, Tier] = {
+TIERS: Registry[Tier] = Registry("tier", {
     "low_phone": Tier(
         "budget Android phone on 4G (MediaTek Helio G85 class)", 150 * G, 0.10,
         5 * MBIT, 15 * MBIT, 60 * MS, 10 * MS, 0.85, 4 * GIB,
@@ -104,7 +106,7 @@ TIERS: dict[str, Tier] = {
         1000 * MBIT, 1000 * MBIT, 10 * MS, 1 * MS, 0.99, 16 * GIB,
         "NVIDIA T4 datasheet: 65 TFLOP/s FP16 tensor cores, 16 GB; network: 1 Gbit/s "
         "symmetric business fibre"),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -131,14 +133,14 @@ class ServerTier:
                              concurrency or self.concurrency)
 
 
-SERVER_TIERS: dict[str, ServerTier] = {
+SERVER_TIERS: Registry[ServerTier] = Registry("server tier", {
     "a100": ServerTier("one NVIDIA A100 SXM", 312 * T, 0.30, 8,
                        "NVIDIA A100 datasheet: 312 TFLOP/s BF16 dense"),
     "h100": ServerTier("one NVIDIA H100 SXM", 989 * T, 0.30, 8,
                        "NVIDIA H100 datasheet: 989 TFLOP/s BF16 dense (1,979 with sparsity)"),
     "t4": ServerTier("one NVIDIA T4", 65 * T, 0.20, 4,
                      "NVIDIA T4 datasheet: 65 TFLOP/s FP16 tensor cores"),
-}
+})
 
 
 def server_profile(cfg: ProfilesConfig) -> ServerProfile:
@@ -148,20 +150,14 @@ def server_profile(cfg: ProfilesConfig) -> ServerProfile:
 # ---------------------------------------------------------------- sources
 
 Source = Callable[[ProfilesConfig, int, np.random.Generator], list[Profile]]
-PROFILE_SOURCES: dict[str, Source] = {}
+PROFILE_SOURCES: Registry[Source] = Registry("profile source")
+register_source = PROFILE_SOURCES.register
 _PROFILE_STREAM = 0x9F0F  # keeps profile draws apart from every other seeded stream
-
-
-def register_source(name: str) -> Callable[[Source], Source]:
-    def add(fn: Source) -> Source:
-        PROFILE_SOURCES[name] = fn
-        return fn
-    return add
 
 
 def make_profiles(cfg: ProfilesConfig, num_clients: int, seed: int) -> list[Profile]:
     """One profile per registered client, the same for the same config and seed."""
-    rng = np.random.default_rng([seed, _PROFILE_STREAM])
+    rng = stream(seed, _PROFILE_STREAM)
     return PROFILE_SOURCES[cfg.source](cfg, num_clients, rng)
 
 
@@ -184,8 +180,7 @@ def parse_mix(spec: str) -> dict[str, float]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, value = item.partition(":")
         name = name.strip()
-        if name not in TIERS:
-            raise ConfigError(f"profiles.mix: unknown tier {name!r} (known: {', '.join(TIERS)})")
+        TIERS.check("profiles.mix", name)
         try:
             weight = float(value) if sep else math.nan
         except ValueError:
@@ -245,8 +240,7 @@ def read_trace(path: str | Path, num_clients: int) -> list[Profile]:
     try:
         df = readers[path.suffix.lower()](path)
     except Exception as err:  # any parser error is the file's fault, said in one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SfpromptError(f"profiles.trace {path}: cannot read ({reason})") from None
+        raise SfpromptError(f"profiles.trace {path}: cannot read ({first_line(err)})") from None
     for column in TRACE_COLUMNS:
         if column not in df.columns:
             raise SfpromptError(f"profiles.trace {path}: missing column {column!r} "

@@ -15,9 +15,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-import numpy as np
-
 from sfprompt.platform.config.schema import NetworkConfig
+from sfprompt.platform.seeds import stream
 from sfprompt.platform.sim.clock import message_seconds
 from sfprompt.platform.sim.profiles import Profile
 from sfprompt.platform.wire.link import on_send
@@ -32,7 +31,7 @@ def emulate_network(cfg: NetworkConfig, profile: Profile, seed: int) -> Iterator
     if cfg.mode != "realtime":
         yield
         return
-    rng = np.random.default_rng([seed, _REALTIME_STREAM])
+    rng = stream(seed, _REALTIME_STREAM)
 
     def sleep(kind: str, nbytes: int) -> None:
         jitter = rng.exponential(profile.jitter_s) if profile.jitter_s > 0 else 0.0

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from sfprompt.platform.config.schema import CompressConfig
+from sfprompt.platform.registry import Registry
 
 Wire = dict[str, torch.Tensor]
 
@@ -33,14 +34,11 @@ class Codec:
     decode: Callable[[Wire, torch.dtype], torch.Tensor]
 
 
-CODECS: dict[str, Codec] = {}
+CODECS: Registry[Codec] = Registry("codec")
+register_codec = CODECS.add  # (name, codec)
 
 ACTIVATION_KINDS = ("smashed_up", "activations_down")
 GRADIENT_KINDS = ("gradients_up", "gradients_down")
-
-
-def register_codec(name: str, codec: Codec) -> None:
-    CODECS[name] = codec
 
 
 def _cast(dtype: torch.dtype | None) -> Codec:

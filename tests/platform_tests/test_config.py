@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from sfprompt.platform.config.dotted import flat_items
+from sfprompt.platform.config.dotted import flatten, parse_overrides, to_dict, unflatten
 from sfprompt.platform.config.load import load_config, replace
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError
@@ -9,10 +11,57 @@ from sfprompt.platform.errors import ConfigError
 def test_defaults_are_valid_and_flat_names_are_dotted():
     cfg = load_config()
     assert cfg == Config()
-    flat = flat_items(cfg)
+    flat = flatten(cfg)
     assert flat["split.head_blocks"] == 1 and flat["prune.keep"] == 0.5
     assert flat["run.backend"] == "ray" and flat["ray.address"] == ""  # a local Ray instance
     assert all(key.count(".") == 1 for key in flat)
+    # the config and its TOML dict flatten alike, in field order, and unflatten back
+    assert list(flatten(to_dict(cfg)).items()) == list(flat.items())
+    assert unflatten(flat) == to_dict(cfg)
+    section = dataclasses.fields(Config)[0].name
+    first = dataclasses.fields(getattr(cfg, section))[0].name
+    assert next(iter(flat)) == f"{section}.{first}"
+
+
+def test_flatten_hand_made_dict():
+    nested = {
+        "round": 3,
+        "bytes": {"smashed_up": 3, "grad": {"up": 5, "down": 6}},
+        "prune.keep": 0.5,
+        "empty": {},
+    }
+    assert flatten(nested) == {
+        "round": 3,
+        "bytes.smashed_up": 3,
+        "bytes.grad.up": 5,
+        "bytes.grad.down": 6,
+        "prune.keep": 0.5,
+    }
+    assert flatten({"up": 1}, prefix="bytes") == {"bytes.up": 1}
+    # a dict `is_leaf` marks stays whole (a study's search range)
+    space = {"prune": {"keep": {"low": 0.2, "high": 1.0}}, "train.lr": {"choices": [1]}}
+    assert flatten(space, is_leaf=lambda v: "low" in v or "choices" in v) == {
+        "prune.keep": {"low": 0.2, "high": 1.0}, "train.lr": {"choices": [1]}}
+
+
+def test_flatten_refuses_colliding_and_empty_names():
+    with pytest.raises(ConfigError, match="^a.b: given twice"):
+        flatten({"a.b": 1, "a": {"b": 2}})
+    with pytest.raises(ConfigError, match="non-empty strings"):
+        flatten({"a": {"": 1}})
+
+
+def test_unflatten_and_overrides_build_nested_dicts():
+    assert unflatten({"fed.rounds": 3, "fed.protocol": "wait_all", "run.seed": 1}) == {
+        "fed": {"rounds": 3, "protocol": "wait_all"}, "run": {"seed": 1}}
+    assert parse_overrides([" fed.rounds = 50", "fed.rounds=7", "prune.keep=0.3"]) == {
+        "fed": {"rounds": "7"}, "prune": {"keep": "0.3"}}
+    with pytest.raises(ConfigError, match=r"^fed\.\.rounds: empty part"):
+        unflatten({"fed..rounds": 1})
+    with pytest.raises(ConfigError, match="^fed.rounds.x: rounds is a value, not a table"):
+        parse_overrides(["fed.rounds=1", "fed.rounds.x=2"])
+    with pytest.raises(ConfigError, match="overrides are dotted key=value"):
+        parse_overrides(["fed.rounds"])
 
 
 def test_toml_then_overrides(tmp_path):

@@ -98,7 +98,7 @@ def test_digits_are_sklearns_scaled_to_uint8():
 )
 def test_bad_dataset_settings_name_their_key(kwargs, key):
     name = kwargs.pop("name", "mnist")
-    with pytest.raises(ConfigError, match=rf"^{key}="):
+    with pytest.raises(ConfigError, match=rf"^{key}[=:]"):  # key=value or key: (names)
         load(name, **kwargs)
 
 

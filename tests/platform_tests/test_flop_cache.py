@@ -1,4 +1,4 @@
-"""FLOPs counted once per distinct computation (accounting.Flops) equal FLOPs counted
+"""FLOPs counted once per distinct computation (wire.flops.Flops) equal FLOPs counted
 at every step: for every method, several splits, a last partial batch, batch size 1."""
 
 import pytest

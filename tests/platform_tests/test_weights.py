@@ -78,6 +78,9 @@ def test_offline_conversion_runs_once_and_is_reused(cache, monkeypatch):
     first = weights.offline_checkpoint()
     assert first.parent == cache and first.suffix == ".safetensors"
     assert [p.name for p in cache.iterdir()] == [first.name]  # no temp file left behind
+    with safetensors.safe_open(first, "pt") as f:  # written through platform/atomic.py
+        source = f"{dinov2_onnx.DISTRIBUTION}=={dinov2_onnx.source_version()}"
+        assert f.metadata() == {"source": source}
     stamp = first.stat().st_mtime_ns
 
     def no_reconversion(path):

@@ -161,7 +161,7 @@ def test_plots_leave_out_rounds_without_evaluation(tmp_path, monkeypatch):
     # over every round, so round 2 stands at the bytes of rounds 1 and 2.
     from sfprompt.results import plots
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig) or path)
     rounds = pd.DataFrame(_rounds("fl", 0, [math.nan, 0.6, 0.8], 100, 100, 1000))
     rounds["loss"] = [math.nan, 1.0, 0.5]
     compare_plots(rounds, tmp_path)

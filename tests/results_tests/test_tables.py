@@ -1,48 +1,35 @@
-"""Result table schemas: flatten, required columns, column order, Parquet round trip."""
+"""Result table schemas: required columns, column order, Parquet round trip."""
 
 import math
 
 import pandas as pd
 import pytest
 
+from sfprompt.platform.config.dotted import flatten
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.results.atomic import write_parquet
 from sfprompt.results.tables import (
-    clients_frame,
-    flatten,
+    CLIENTS,
+    ROUNDS,
     read_clients,
     read_rounds,
-    rounds_frame,
+    table_frame,
     write_clients,
     write_rounds,
 )
 
 
+def rounds_frame(rows):
+    return table_frame(ROUNDS, rows)
+
+
+def clients_frame(rows):
+    return table_frame(CLIENTS, rows)
+
+
 def _round(r, **more):
     return {"round": r, "accuracy": 0.5 + r / 10, "loss": 1.0 / (r + 1),
             "wall_seconds": 2.0, "participants": 4, **more}
-
-
-def test_flatten_hand_made_dict():
-    nested = {
-        "round": 3,
-        "bytes": {"smashed_up": 3, "grad": {"up": 5, "down": 6}},
-        "prune.keep": 0.5,
-        "empty": {},
-    }
-    assert flatten(nested) == {
-        "round": 3,
-        "bytes.smashed_up": 3,
-        "bytes.grad.up": 5,
-        "bytes.grad.down": 6,
-        "prune.keep": 0.5,
-    }
-    assert flatten({"up": 1}, prefix="bytes") == {"bytes.up": 1}
-
-
-def test_flatten_refuses_colliding_names():
-    with pytest.raises(ValueError, match="'a.b'"):
-        flatten({"a.b": 1, "a": {"b": 2}})
 
 
 def test_rounds_frame_orders_required_then_sorted_and_fills_gaps():

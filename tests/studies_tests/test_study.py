@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from sfprompt.cli import main
 from sfprompt.platform.config.load import replace
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.studies.export import export_study
 from sfprompt.studies.runner import run_study, start_study
@@ -39,7 +40,7 @@ def test_study_runs_the_budget_and_exports(fake_runs, write_study, tmp_path):
     assert len(trials) == 5 and set(trials["state"]) == {"complete"}
     assert list(trials.columns[:6]) == ["trial", "state", "accuracy", "bytes.total",
                                         "split.head_blocks", "prompt.length"]
-    base = load_spec(write_study()).base_config()
+    base = replace(Config(), **load_spec(write_study()).fixed)
     for _, row in trials.iterrows():  # objectives are the fake's closed forms
         cfg = replace(base, **{"split.head_blocks": row["split.head_blocks"],
                                               "prompt.length": row["prompt.length"]})
