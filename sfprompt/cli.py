@@ -121,18 +121,20 @@ def cmd_study(args) -> int:
 
     import optuna
 
+    from sfprompt.actors.trials import RayExecutor
     from sfprompt.studies.runner import run_study, start_study
     from sfprompt.studies.spec import load_spec
     from sfprompt.studies.storage import read_study_spec
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trial lines below say it all
     if args.action == "run":
         show = _trial_printer(load_spec(args.target).objectives)
-        study_dir = start_study(args.target, args.dir, args.parallel, on_trial=show)
+        study_dir = start_study(args.target, args.dir, args.parallel, on_trial=show,
+                                make_executor=RayExecutor)
     else:
         study_dir = Path(args.target)
         if args.action == "resume":
             show = _trial_printer(read_study_spec(study_dir).objectives)
-            run_study(study_dir, args.parallel, on_trial=show)
+            run_study(study_dir, args.parallel, on_trial=show, make_executor=RayExecutor)
     print(f"study: {study_dir}")
     return _study_exports(study_dir)
 

@@ -4,7 +4,8 @@ The study's own process is the only one that asks and tells, so the budget is ex
 even with trials in parallel: `n_trials` finished trials (complete, pruned, failed or
 infeasible; interrupted ones are retried and do not count), and no new trial starts
 after `timeout_s` seconds of this session (running ones finish). Trials run through an
-executor: in this process one at a time, or as Ray tasks N at a time (parallel.py).
+executor: in this process one at a time, or as Ray tasks N at a time (the executor the
+caller gives: sfprompt.actors.trials.RayExecutor).
 
     start_study(FILE)      new study directory from a study file, then run it
     run_study(DIR)         run (or resume) the study in DIR: recovers interrupted trials
@@ -17,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -26,7 +27,7 @@ from sfprompt.platform.errors import SfpromptError
 from sfprompt.studies.spec import StudySpec, load_spec
 from sfprompt.studies.storage import (RUNS_DIR, counts_against_budget, create_study_dir,
                                       load_study, read_study_spec, recover_interrupted,
-                                      storage_ref, study_lock)
+                                      StorageRef, storage_ref, study_lock)
 from sfprompt.studies.strategies import make_sampler, make_trial_pruner
 from sfprompt.studies.trial import TrialOutcome, TrialRequest, execute_trial, optuna_reporter
 
@@ -43,6 +44,12 @@ class Executor(Protocol):
     def has_room(self) -> bool: ...
     def submit(self, trial: optuna.Trial, request: TrialRequest) -> None: ...
     def next_done(self) -> tuple[optuna.Trial, TrialOutcome]: ...
+
+
+# (storage, study name, trial pruner name, its options): what a worker needs to report.
+Pruning = tuple[StorageRef, str, str, dict[str, Any]]
+# (trials at once, CPUs per trial, pruning or None) -> an executor: RayExecutor.
+MakeExecutor = Callable[[int, float, "Pruning | None"], Executor]
 
 
 class LocalExecutor:
@@ -77,18 +84,22 @@ class LocalExecutor:
 
 
 def start_study(spec_path: str | Path, study_dir: str | Path | None = None,
-                parallel: int | None = None, on_trial: OnTrial | None = None) -> Path:
+                parallel: int | None = None, on_trial: OnTrial | None = None,
+                make_executor: MakeExecutor | None = None) -> Path:
     """Create the study directory of the study file `spec_path` and run the study."""
     spec = load_spec(spec_path)
     study_dir = Path(study_dir) if study_dir else DEFAULT_PARENT / spec.name
     create_study_dir(spec, study_dir)
-    run_study(study_dir, parallel, on_trial)
+    run_study(study_dir, parallel, on_trial, make_executor)
     return study_dir
 
 
 def run_study(study_dir: str | Path, parallel: int | None = None,
-              on_trial: OnTrial | None = None) -> optuna.Study:
-    """Run the study in `study_dir` until its budget is spent; resumes where it stopped."""
+              on_trial: OnTrial | None = None,
+              make_executor: MakeExecutor | None = None) -> optuna.Study:
+    """Run the study in `study_dir` until its budget is spent; resumes where it stopped.
+    More than one trial at once needs `make_executor`
+    (`sfprompt.actors.trials.RayExecutor`, which the CLI passes)."""
     study_dir = Path(study_dir)
     spec = read_study_spec(study_dir)
     if parallel is not None and parallel < 1:
@@ -100,7 +111,7 @@ def run_study(study_dir: str | Path, parallel: int | None = None,
                            pruner=make_trial_pruner(spec.trial_pruner, spec.trial_pruner_options))
         recover_interrupted(study)
         try:
-            with _executor(spec, study_dir, study, parallel) as executor:
+            with _executor(spec, study_dir, study, parallel, make_executor) as executor:
                 _drive(study, spec, study_dir, executor, parallel, on_trial or (lambda t: None))
         except KeyboardInterrupt:
             recover_interrupted(study)  # this process is the only driver: ours are dead
@@ -108,16 +119,18 @@ def run_study(study_dir: str | Path, parallel: int | None = None,
     return study
 
 
-def _executor(spec: StudySpec, study_dir: Path, study: optuna.Study, parallel: int):
+def _executor(spec: StudySpec, study_dir: Path, study: optuna.Study, parallel: int,
+              make_executor: MakeExecutor | None):
     if parallel == 1:
         return LocalExecutor(pruning=spec.trial_pruner != "none")
-    from sfprompt.studies.parallel import RayExecutor  # Ray only when asked for
-
+    if make_executor is None:
+        raise SfpromptError(f"parallel.trials: {parallel} trials at once need make_executor="
+                            "sfprompt.actors.trials.RayExecutor (or run one at a time)")
     pruning = None
     if spec.trial_pruner != "none":  # Optuna takes intermediate reports only then
         pruning = (storage_ref(spec, study_dir), study.study_name, spec.trial_pruner,
                    spec.trial_pruner_options)
-    return RayExecutor(parallel, spec.cpus_per_trial, pruning)
+    return make_executor(parallel, spec.cpus_per_trial, pruning)
 
 
 def _remaining(study: optuna.Study, spec: StudySpec, executor: Executor) -> int:

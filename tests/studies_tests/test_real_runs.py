@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from sfprompt.actors.trials import RayExecutor
 from sfprompt.results.tables import read_rounds
 from sfprompt.studies.export import export_study
 from sfprompt.studies.runner import start_study
@@ -35,7 +36,7 @@ def test_two_trials_at_once_on_ray_report_to_the_pruner(write_study, tables, tmp
                        objectives=[{"metric": "accuracy", "direction": "maximize"}],
                        trial_pruner={"name": "median", "n_startup_trials": 10},
                        budget={"n_trials": 2}, parallel={"trials": 2, "cpus_per_trial": 1})
-    study_dir = start_study(path, tmp_path / "s")
+    study_dir = start_study(path, tmp_path / "s", make_executor=RayExecutor)
     first, second = load_study(read_study_spec(study_dir), study_dir).trials
     assert first.state == second.state == TrialState.COMPLETE
     assert sorted(first.intermediate_values) == sorted(second.intermediate_values) == [1, 2]

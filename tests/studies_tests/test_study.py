@@ -202,3 +202,11 @@ def test_cli_reports_user_errors_in_one_line(write_study, tmp_path, capsys):
     assert err.startswith("sfprompt: error: study file") and "budget.n_trials" in err
     assert "\n" not in err
     assert main(["study", "export", str(tmp_path)]) == 2
+
+
+def test_parallel_trials_need_the_ray_executor(write_study, tmp_path):
+    # Ray lives in actors/: studies run trials side by side only with its executor.
+    path = write_study(budget={"n_trials": 2}, parallel={"trials": 2, "cpus_per_trial": 1})
+    with pytest.raises(SfpromptError, match=r"^parallel\.trials: 2 trials at once need "
+                                            r"make_executor=sfprompt\.actors\.trials\.RayExecutor"):
+        start_study(path, tmp_path / "s")

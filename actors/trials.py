@@ -1,4 +1,8 @@
-"""Parallel trials on Ray: N trials at once, each in a reserved bundle of CPUs.
+"""Parallel trials of a study on Ray: N trials at once, each in a reserved bundle of CPUs.
+
+`RayExecutor` is the executor `studies.runner.run_study(..., make_executor=...)` takes
+for `parallel.trials > 1` (the CLI passes it): it lives here, not in `studies`, so that
+Ray stays in `actors/`.
 
 One placement group holds N bundles of `cpus_per_trial` CPUs. A trial is a Ray task
 pinned to a free bundle, so N trials never ask for more than the group reserved: no
@@ -24,16 +28,12 @@ from typing import Any
 import optuna
 
 from sfprompt.platform.errors import SfpromptError, first_line
-from sfprompt.studies.storage import StorageRef
 from sfprompt.studies.strategies import make_trial_pruner
+from sfprompt.studies.runner import Pruning
 from sfprompt.studies.trial import TrialOutcome, TrialRequest, execute_trial, optuna_reporter
 
 log = logging.getLogger(__name__)
 _READY_TIMEOUT_S = 120  # a cluster may need to start nodes for the group
-
-# (storage, study name, trial pruner name, its options): what a worker needs to report.
-Pruning = tuple[StorageRef, str, str, dict[str, Any]]
-
 
 def run_in_worker(request: TrialRequest, trial_id: int, pruning: Pruning | None) -> TrialOutcome:
     """The Ray task body: one trial, reporting to the shared storage if a pruner watches."""
