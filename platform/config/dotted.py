@@ -32,22 +32,14 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return value.lower() == "true"
         if isinstance(value, bool):
             return value
-    elif typ is int:
+    elif typ in (int, float):  # a float field takes an int too, never the other way
         if isinstance(value, str):
             try:
-                return int(value)
+                return typ(value)
             except ValueError:
                 pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif typ is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        elif isinstance(value, int if typ is int else (int, float)) and not isinstance(value, bool):
+            return typ(value)
     elif typ is str:
         if isinstance(value, str):
             return value
