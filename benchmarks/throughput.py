@@ -54,13 +54,9 @@ import argparse
 import dataclasses
 import math
 import os
-import statistics
-import sys
-import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import ray
 import torch
 import torch.nn.functional as F
@@ -78,7 +74,7 @@ from sfprompt.platform.loop.world import build_world
 from sfprompt.platform.method.client import ClientWorker
 from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
-from sfprompt.results.markdown import markdown_table
+from measure import PeakPss, log, rate, steady, table  # benchmarks/measure.py
 
 PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=10",
           "fed.partition=iid", "train.split_epochs=1", "train.optimizer=adam", "train.lr=3e-3",
@@ -87,40 +83,7 @@ PART_B = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_
           "data.name=mnist_repeated", "fed.partition=iid", "profiles.source=tier",
           "profiles.tier=flagship_phone", "eval.max_samples=200", "fed.rounds=2"]
 SAMPLES_B = 8  # per client in part (b)
-MIB = 2**20
 Configure = Callable[[list[str]], Config]
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class PeakPss:
-    """Largest total PSS in MiB of this process and its descendants while inside."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while True:
-            me, total = psutil.Process(), 0
-            for proc in [me] + me.children(recursive=True):
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            self.peak = max(self.peak, total / MIB)
-            if self._stop.wait(1.0):
-                return
-
-    def __enter__(self) -> PeakPss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def project_run(cfg: Config, kind: str, tag: str) -> dict:
@@ -205,16 +168,6 @@ def plain_run(cfg: Config, tag: str) -> dict:
     return {"kind": "plain", "walls": walls, "accuracy": accuracy, "pss": pss.peak}
 
 
-def rate(step: Callable[[], object], flops: float, seconds: float = 3.0) -> float:
-    """FLOP/s of `step` (doing `flops`) in a tight loop of at least `seconds`."""
-    step(), step()  # warm-up: allocator, kernels
-    reps, start = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - start < seconds:
-        step()
-        reps += 1
-    return flops * reps / (time.perf_counter() - start)
-
-
 def client_steps(cfg: Config, samples: int) -> tuple[Callable[[], None], int]:
     """One sfprompt client's steps at part (b)'s shapes, plain, and their FLOPs."""
     split, _ = build_split(cfg, 10)  # MNIST's classes
@@ -246,15 +199,6 @@ def client_steps(cfg: Config, samples: int) -> tuple[Callable[[], None], int]:
     with mode:
         client()
     return client, mode.get_total_flops()
-
-
-def steady(values: list[float]) -> float:
-    return statistics.mean(values[1:]) if len(values) > 1 else math.nan
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown table of rows of formatted cells."""
-    return markdown_table(list(rows[0]), [list(r.values()) for r in rows])
 
 
 def part_a(args: argparse.Namespace, config: Configure) -> None:

@@ -10,13 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sfprompt.platform.config.schema import (
-    BACKENDS,
-    EVAL_WORKERS,
-    NETWORK_MODES,
-    PRECISIONS,
-    Config,
-)
+from sfprompt.platform.config.schema import (BACKENDS, EVAL_WORKERS, NETWORK_MODES, PRECISIONS,
+                                             Config)
 from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.registry import Registry
 
@@ -35,8 +30,8 @@ def _check_choice(key: str, value: str, choices: Registry | tuple[str, ...]) -> 
 
 
 def validate(cfg: Config) -> None:
-    """Range and cross-field checks; registries are imported here, not at module load,
-    so reading a config stays cheap and free of import cycles."""
+    """Range and cross-field checks. The registries are imported here, not at module
+    load: they bring torch and timm, and importing the config should not."""
     from sfprompt.platform.data.datasets import DATASETS
     from sfprompt.platform.data.partition import PARTITIONERS
     from sfprompt.platform.fed.aggregation import AGGREGATIONS
