@@ -5,7 +5,8 @@
                   `prune.keep` of them
     3. local loss `train.local_epochs` epochs on the local path head -> tail, no server
     4. split      `train.split_epochs` epochs on the full path head -> server's frozen
-                  body -> tail: smashed data up, activations down, gradients up
+                  body -> tail: smashed data up, activations down, gradients up and
+                  (the prompts being in the head) back down
     5. upload     the trained prompts and tail, for FedAvg with the other clients'
 
 Only the prompts (in the head) and the tail train; the body stays frozen on the server.
@@ -34,17 +35,18 @@ def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_s
                    server) -> ClientResult:
     """Download, EL2N pruning, local-loss update, split training, upload (docs/design.md,
     The method)."""
-    s = Session(cfg, worker, task, global_state)
+    s = Session(cfg, worker, task, global_state)  # 1. download
     kept = task.indices
-    if cfg.prune.keep < 1.0:
-        scores = score_samples(worker.split, worker.batches(task.indices, cfg.train.eval_batch_size),
-                               SCORES[cfg.prune.score], s.generator, s.flops)
+    if cfg.prune.keep < 1.0:  # 2. prune
+        batches = worker.batches(task.indices, cfg.train.eval_batch_size)
+        scores = score_samples(worker.split, batches, SCORES[cfg.prune.score], s.generator,
+                               s.flops)
         kept = task.indices[kept_positions(select_hardest(scores, cfg.prune.keep, s.generator))]
     local_loss = train_loss = math.nan
-    for _ in range(cfg.train.local_epochs):
+    for _ in range(cfg.train.local_epochs):  # 3. local loss
         local_loss = train_loss = local_loss_update(worker.split, s.batches(kept), s.optimizer,
                                                     s.flops)
-    for _ in range(cfg.train.split_epochs):
+    for _ in range(cfg.train.split_epochs):  # 4. split
         train_loss = split_update(worker.split, s.batches(kept), s.optimizer, server, s.link,
                                   task.client, s.flops)
-    return s.result(len(kept), train_loss, local_loss)
+    return s.result(len(kept), train_loss, local_loss)  # 5. upload
