@@ -42,10 +42,13 @@ def is_new(name: str) -> bool:
 
 
 MakeOptimizer = Callable[[list[dict], Config], torch.optim.Optimizer]  # (param groups, cfg)
+# foreach: one C++ loop over the parameters instead of Python's (torch's default on the
+# CPU), the same element-wise arithmetic and so the same floats (test_trainable.py).
 OPTIMIZERS: Registry[MakeOptimizer] = Registry("optimizer", {
     "sgd": lambda groups, cfg: torch.optim.SGD(groups, momentum=cfg.train.momentum,
-                                               weight_decay=cfg.train.weight_decay),
-    "adam": lambda groups, cfg: torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay),
+                                               weight_decay=cfg.train.weight_decay, foreach=True),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay,
+                                                 foreach=True),
 })
 
 
