@@ -64,8 +64,11 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     assert isinstance(backends[0], LocalBackend)
     ray_backend = backends[1]
     assert isinstance(ray_backend, RayBackend)
-    seconds = ray_backend.seconds  # where the time went, summed over the rounds
-    assert seconds["client_round"] > seconds["server_wait"] >= seconds["server_busy"] > 0
+    # Where the time went, summed over the rounds: each part was measured (wall time, so
+    # only that it was recorded is checked, not how the parts compare).
+    seconds = ray_backend.seconds
+    parts = ("client_round", "server_wait", "server_busy")
+    assert all(seconds[k] > 0 for k in parts), dict(seconds)
     # run_experiment closed the backends: their actors are gone, the fixture's Ray is not.
     assert len(actors) == 6 and ray.is_initialized()
     for actor in actors:

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -102,12 +103,22 @@ def test_trial_pruner_stops_trailing_trials(fake_runs, write_study, tables, tmp_
     assert trials[0].value == pytest.approx(0.53)
 
 
-def test_timeout_stops_starting_trials(fake_runs, write_study, tmp_path):
-    fake_runs.ROUND_SLEEP_S = 0.3  # 0.6 s a trial: at most a few fit in 1 s
+def test_timeout_stops_starting_trials(fake_runs, write_study, tmp_path, monkeypatch):
+    # The runner's clock is a fake one that only a trial moves, by 0.4 s: trials start
+    # at 0, 0.4 and 0.8 s, and at 1.2 s the 1 s timeout has passed, so exactly 3 run.
+    now = [0.0]
+
+    def trial_taking_0_4_s(cfg, on_round=lambda row: None):
+        run_dir = fake_runs.fake_run(cfg, on_round)
+        now[0] += 0.4
+        return run_dir
+
+    monkeypatch.setattr("sfprompt.studies.runner.time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr("sfprompt.studies.trial.run_experiment", trial_taking_0_4_s)
     study_dir = start_study(write_study(budget={"n_trials": 50, "timeout_s": 1.0}),
                             tmp_path / "s")
     trials = load_study(read_study_spec(study_dir), study_dir).trials
-    assert 1 <= len(trials) <= 3
+    assert len(trials) == 3 and now[0] == pytest.approx(1.2)
     assert all(t.state == TrialState.COMPLETE for t in trials)  # running ones finish
 
 
