@@ -1,9 +1,11 @@
 """What the benchmarks measure with: the peak PSS of a process tree, the FLOP rate of a
-step in a tight loop, steady-state means and Markdown tables of results."""
+step in a tight loop (in this process, or in one 1-thread process per CPU at once),
+steady-state means and Markdown tables of results."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+import torch
 
 from sfprompt.results.markdown import markdown_table
 
@@ -57,6 +60,31 @@ def rate(step: Callable[[], object], flops: float, seconds: float = 3.0) -> floa
         step()
         reps += 1
     return flops * reps / (time.perf_counter() - start)
+
+
+def _rate_in_child(make_step: Callable, args: tuple, start, seconds: float, out) -> None:
+    torch.set_num_threads(1)
+    step, flops = make_step(*args)
+    step(), step()  # warm-up before the common start, so all measure at once
+    start.wait()
+    out.put(rate(step, flops, seconds))
+
+
+def concurrent_rate(make_step: Callable, args: tuple, procs: int, seconds: float = 3.0) -> float:
+    """Total FLOP/s of `procs` processes of 1 thread each running the step that
+    `make_step(*args)` returns ((step, flops), a picklable top-level function) at the same
+    time: what a machine reaches on small steps, where one process's threads wait on
+    each other more than they compute."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
+    start, out = ctx.Barrier(procs), ctx.Queue()
+    children = [ctx.Process(target=_rate_in_child, args=(make_step, args, start, seconds, out))
+                for _ in range(procs)]
+    for child in children:
+        child.start()
+    total = sum(out.get() for _ in children)
+    for child in children:
+        child.join()
+    return total
 
 
 def steady(values: list[float]) -> float:
