@@ -326,3 +326,26 @@ def test_sampling_is_uniform_over_clients_and_reaches_everyone():
     # (4 sd) would hold for any honest uniform stream.
     assert (np.abs(counts - 600) < 90).all(), counts.tolist()
     assert set(first_seen) == set(range(10)) and max(first_seen.values()) <= 30
+
+
+# ---------------------------------------------------------------- training learns
+
+
+def test_repeated_sfprompt_rounds_fit_a_small_shard():
+    # One client, its 20 samples, round after round from its own upload, each round on a
+    # freshly built worker (as a client actor serves it): prompts and tail must fit the
+    # shard. A step that moves nothing, or the wrong way, or an upload or download that
+    # loses the trained state, leaves the loss where it started.
+    cfg = load_config(None, TINY_CFG + ["prune.keep=1.0", "train.lr=0.01",
+                                        "train.prompt_lr=0.01"])
+    _, worker, task, _, _ = _sfprompt_setup()
+    state = copy.deepcopy(worker.state())
+    losses = []
+    for round_ in range(1, 17):
+        _, worker, _, server, _ = _sfprompt_setup()
+        task = ClientTask(client=0, round=round_, indices=task.indices, seed=round_,
+                          first_visit=round_ == 1)
+        result = METHODS["sfprompt"].client_round(cfg, worker, task, state, server)
+        state = {k: v.clone() for k, v in result.state.items()}
+        losses.append(result.local_loss)
+    assert losses[-1] < 0.5 * losses[0], losses
