@@ -79,15 +79,15 @@ from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
 from measure import PeakPss, concurrent_rate, log, rate, steady, table  # benchmarks/measure.py
 
+CPUS = os.cpu_count()
 PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=10",
           "fed.partition=iid", "train.split_epochs=1", "train.optimizer=adam", "train.lr=3e-3",
           "train.prompt_lr=3e-3", "train.batch_size=32", "eval.every=1", "eval.max_samples=0"]
 PART_B = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=32",
           "data.name=mnist_repeated", "fed.partition=iid", "profiles.source=tier",
           "profiles.tier=flagship_phone", "eval.max_samples=200", "fed.rounds=2",
-          f"ray.num_client_actors={os.cpu_count() + 1}"]
+          f"ray.num_client_actors={CPUS + 1}"]
 SAMPLES_B = 8  # per client in part (b)
-CPUS = os.cpu_count()
 Configure = Callable[[list[str]], Config]
 
 
@@ -244,9 +244,12 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
                                f"fed.clients_per_round={per_round}",
                                f"data.max_samples={args.registered * SAMPLES_B}"])
         client, step_flops = client_steps(cfg, SAMPLES_B)
-        before = (rate(client, step_flops), concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS))
+        def machine_rates() -> tuple[float, float]:  # this process; one 1-thread process per CPU
+            return rate(client, step_flops), concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS)
+
+        before = machine_rates()
         runs = [project_run(cfg, kind, f"b {per_round}/round") for kind in ("local", "ray")]
-        after = (rate(client, step_flops), concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS))
+        after = machine_rates()
         flop_rate = max(*before, *after)  # what the machine reaches: the best way, least disturbed
         log(f"[b {per_round}/round] R, GFLOP/s (this process, {CPUS} of 1 thread): before "
             f"{before[0] / 1e9:.1f}, {before[1] / 1e9:.1f}; after {after[0] / 1e9:.1f}, "
