@@ -1,8 +1,9 @@
 """The Ray backend: the coordinator's round loop over a server actor and client actors.
 
     coordinator (this process)  run_rounds: sampling, profiles, clock, aggregation, evaluation
-    ServerActor x 1             the body (on a GPU when there is one); every split request
-                                (none for methods that keep the whole model on the client)
+    ServerActor x 0..1          the body (on a GPU when there is one); every split request
+                                (none for methods that keep the whole model on the client,
+                                nor when each client actor holds the frozen body: ray.body)
     ClientActor x N             any simulated client's round; N from the cluster's CPUs
     EvaluationActor x 0..1      round r's global model while round r+1 trains (eval.worker)
 
@@ -47,7 +48,8 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from sfprompt.actors.clients import ClientPool, PoolRun, get_within
-from sfprompt.actors.cluster import actor_threads, connect, pool_shape, server_options
+from sfprompt.actors.cluster import (actor_threads, body_placement, connect, pool_shape,
+                                     server_options)
 from sfprompt.actors.evaluator import EvaluationActor
 from sfprompt.actors.server import ServerActor
 from sfprompt.actors.wire import state_to_wire
@@ -91,18 +93,27 @@ class RayBackend:
         self._server_id: str | None = None
         self._crash_armed = False
         try:
-            # Methods that do not split (fl, ...) never call a server: none is started.
-            options = {"num_cpus": 0} if self.method.client_body else server_options(cfg.ray)
-            size, cpus = pool_shape(cfg.ray, options["num_cpus"])
+            # Methods that do not split (fl, ...) never call a server, and with the body in
+            # the client actors (ray.body) nothing does: then no server actor is started.
+            body = None if self.method.client_body else body_placement(
+                cfg, self.method.server_trains)
+            options = server_options(cfg.ray) if body == "server" else {"num_cpus": 0}
+            # A split method's pool is sized as if the server actor held its CPU wherever
+            # the body is: each actor then runs as many threads either way, and so (thread
+            # counts decide float results) ray.body changes no number.
+            size, cpus = pool_shape(cfg.ray, 0 if body is None else 1)
             threads = actor_threads(cfg.run.threads, size, torch.get_num_threads())
-            if not self.method.client_body:
+            if body == "server":
                 self.server = (ray.remote(ServerActor)
                                .options(max_concurrency=size + 2, max_restarts=SERVER_RESTARTS,
                                         **options)
                                .remote(cfg, world.data.num_classes, threads))
+            elif body == "clients":
+                self.server_placement = {"body": "clients", "device": "cpu"}
             self.pool = ClientPool(cfg, world.data.train_images.numpy(),
                                    world.data.train_labels.numpy(), world.data.num_classes,
-                                   world.norm, self.server, size, cpus, threads)
+                                   world.norm, self.server, size, cpus, threads,
+                                   body_in_clients=body == "clients")
             if self.server is not None:
                 self.server_placement = get_within(self.server.placement.remote(),
                                                    cfg.ray.timeout_s, "starting the server actor")
@@ -123,8 +134,9 @@ class RayBackend:
         except BaseException:
             self.close()
             raise
-        log.info("ray backend: server actor %s at %s; %d client actors of %.2f CPU at %s",
-                 options, self.server_placement, size, cpus, self.client_placements)
+        log.info("ray backend: body %s (%s) at %s; %d client actors of %.2f CPU at %s",
+                 body or "none", options, self.server_placement, size, cpus,
+                 self.client_placements)
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
         trains = self.method.server_trains

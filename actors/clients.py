@@ -9,8 +9,9 @@ pool of actors sized to the machine, not 10,000 processes.
 The training set goes into the object store once (as numpy, which Ray maps without a
 copy) and every actor on a node reads the same shared memory. The server is reached
 through `ServerProxy`, which gives `split_update` `BodyServer`'s interface over the
-server actor's handle. The pool hands each task to the next free actor as actors
-finish (`ray.wait`).
+server actor's handle, or, with the frozen body in the client actors (`ray.body`), is a
+`BodyServer` of the actor's own, as in the local backend. The pool hands each task to
+the next free actor as actors finish (`ray.wait`).
 
 Faults. A client actor whose process dies (killed, out of memory, or an injected
 `faults.client_crash`, which exits it on receiving the task) is replaced by a fresh
@@ -40,6 +41,7 @@ from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
 from sfprompt.platform.model.precision import autocast
 from sfprompt.platform.sim.profiles import Profile
@@ -108,11 +110,16 @@ class ClientActor:
     """One ClientWorker serving any client; create with `ray.remote(ClientActor).options(...)`."""
 
     def __init__(self, cfg: Config, num_classes: int, norm: dict, images: np.ndarray,
-                 labels: np.ndarray, server: ActorHandle | None, threads: int) -> None:
+                 labels: np.ndarray, server: ActorHandle | None, threads: int,
+                 body_in_clients: bool = False) -> None:
         torch.set_num_threads(threads)  # the count cluster.actor_threads chose
         self.cfg = cfg
         self.method = METHODS[cfg.train.method]
         split, _ = build_split(cfg, num_classes)
+        # ray.body = "clients": this process serves its own clients' body steps, with the
+        # frozen body built as the server actor would build it (server.py).
+        self.body = (BodyServer(split.body, precision=cfg.run.precision)
+                     if body_in_clients else None)
         if not self.method.client_body:
             split.body = None  # it lives on the server; dropping it frees its weights here
         with warnings.catch_warnings():
@@ -134,11 +141,14 @@ class ClientActor:
         with emulate_network(self.cfg.network, profile, task.seed), \
                 autocast(self.cfg.run.precision):
             result = self.method.client_round(self.cfg, self.worker, task,
-                                              state_from_wire(global_state), self.server)
+                                              state_from_wire(global_state),
+                                              self.body or self.server)
         seconds = {"client_round": time.perf_counter() - start,
                    "server_wait": self.server.wait_seconds if self.server else 0.0}
         if self.server is not None:
             result.server_flops = self.server.flops
+        elif self.body is not None:
+            result.server_flops = self.body.take_flops(task.client)
         result.state = state_to_wire(result.state)
         return result, seconds
 
@@ -165,12 +175,13 @@ class ClientPool:
 
     def __init__(self, cfg: Config, images: np.ndarray, labels: np.ndarray, num_classes: int,
                  norm: dict, server: ActorHandle | None, size: int, cpus: float,
-                 threads: int) -> None:
+                 threads: int, body_in_clients: bool = False) -> None:
         self.timeout_s = cfg.ray.timeout_s
         images_ref, labels_ref = ray.put(images), ray.put(labels)  # once, shared by all
         self._remote = ray.remote(ClientActor).options(num_cpus=cpus,
                                                        scheduling_strategy="SPREAD")
-        self._args = (cfg, num_classes, norm, images_ref, labels_ref, server, threads)
+        self._args = (cfg, num_classes, norm, images_ref, labels_ref, server, threads,
+                      body_in_clients)
         self.actors = [self._remote.remote(*self._args) for _ in range(size)]
         self.replaced = 0  # actors replaced after their process died
 

@@ -1,9 +1,9 @@
 """Ray itself for a run: joining or starting an instance, and sizing the actors on it.
 
 `connect` starts a local instance or joins `ray.address` (failing fast, in one line,
-on an address nobody answers at); `server_options`, `pool_shape` and `actor_threads`
-decide what the server actor asks for, how many client actors there are, and how many
-torch threads every actor runs.
+on an address nobody answers at); `body_placement`, `server_options`, `pool_shape` and
+`actor_threads` decide where the body is computed, what the server actor asks for, how
+many client actors there are, and how many torch threads every actor runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import uuid
 
 import ray
 
-from sfprompt.platform.config.schema import RayConfig
+from sfprompt.platform.config.schema import Config, RayConfig
 from sfprompt.platform.errors import ConfigError, first_line
 
 # Seconds to wait for a TCP connection to `ray.address` before calling it unreachable.
@@ -30,7 +30,11 @@ def connect(cfg: RayConfig) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
     common = dict(namespace=f"sfprompt-{uuid.uuid4().hex[:12]}", logging_level=logging.WARNING)
     if not cfg.address:  # "local" starts a new instance even when another runs here
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+        # No idle workers started ahead: each actor starts its own, and a spare one would
+        # only hold memory (Ray prestarts one per CPU).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 _system_config={"enable_worker_prestart": False,
+                                 "prestart_worker_first_driver": False}, **common)
         return True
     check_reachable(cfg.address)
     try:
@@ -51,6 +55,20 @@ def check_reachable(address: str) -> None:
     except OSError as err:
         raise ConfigError(f"ray.address: cannot reach {address} "
                           f"({err.strerror or type(err).__name__})") from None
+
+
+def body_placement(cfg: Config, server_trains: bool) -> str:
+    """`ray.body` resolved: "server" or "clients". Auto keeps the server actor where it is
+    needed (a body that trains, a server resource or crash asked for) or pays (a GPU to
+    run the body on); else every client actor computes its own clients' body steps with
+    a copy of the frozen body, since a shared server process on the same CPUs only adds
+    messages, copies and clients waiting on it."""
+    if cfg.ray.body != "auto":
+        return cfg.ray.body
+    needs_server = (server_trains or bool(cfg.ray.server_resource)
+                    or cfg.faults.server_crash_round > 0
+                    or ray.cluster_resources().get("GPU", 0) >= 1)
+    return "server" if needs_server else "clients"
 
 
 def server_options(cfg: RayConfig) -> dict:

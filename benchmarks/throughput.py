@@ -18,10 +18,10 @@
 (b) Cross-device: vit_tiny at 32 px (random weights), 1,000 registered clients of 8 digits
     (the training digits repeated as needed, in this process only), 100 and 1,000 per round,
     the default method (sfprompt), flagship-phone profiles, eval.max_samples=200, 2 rounds
-    (the first a warm-up), local and ray, the Ray backend with one client actor more than
-    there are CPUs (ray.num_client_actors; 1 thread each, as auto then gives): a client's
-    requests are too small to keep the cores busy while it waits for the server, so
-    another client computes meanwhile. Fixed cost per client-round =
+    (the first a warm-up), local and ray, the Ray backend with the body in the client
+    actors (ray.body = auto) and one client actor per CPU (ray.num_client_actors; 1 thread
+    each, as auto then gives): at these shapes a second thread in one process adds little,
+    a second process a core's worth. Fixed cost per client-round =
     (wall of the clients phase - counted FLOPs of the round / R) / clients that ran, where R
     is the FLOP/s the machine reaches on a tight loop of the same steps at the same shapes
     with no accounting (scoring forward, local-path and full-path fwd + bwd + Adam; FLOPs
@@ -86,7 +86,7 @@ PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=1
 PART_B = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_size=32",
           "data.name=mnist_repeated", "fed.partition=iid", "profiles.source=tier",
           "profiles.tier=flagship_phone", "eval.max_samples=200", "fed.rounds=2",
-          f"ray.num_client_actors={CPUS + 1}"]
+          f"ray.num_client_actors={CPUS}"]
 SAMPLES_B = 8  # per client in part (b)
 Configure = Callable[[list[str]], Config]
 

@@ -183,6 +183,7 @@ class EvalConfig:
 
 # Where client work runs: "ray" (actors, sfprompt.actors) or "local" (in-process reference).
 BACKENDS = ("ray", "local")
+BODY_PLACEMENTS = ("auto", "server", "clients")
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,14 @@ class RayConfig:
     # Custom Ray resource the server actor asks for (e.g. "server_gpu", a node label);
     # "" = one GPU when the cluster has one, else one CPU.
     server_resource: str = ""
+    # Where the simulator computes the server's body (the simulated server, its FLOPs,
+    # bytes and clock are the same either way): "server", one server actor serving every
+    # client's requests; "clients", a copy of the frozen body in every client actor, so
+    # a client's split steps never leave its process (no request messages, no client
+    # waiting on a shared process); "auto" = "clients" when the body is frozen and
+    # nothing needs a server actor (no GPU in the cluster, no ray.server_resource, no
+    # faults.server_crash_round), else "server" (actors/cluster.py, body_placement).
+    body: str = "auto"
     # Seconds any remote call may take (actor start-up, a client's round, a server
     # request) before the run fails naming this key.
     timeout_s: float = 600.0

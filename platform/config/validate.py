@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sfprompt.platform.config.schema import (BACKENDS, EVAL_WORKERS, NETWORK_MODES, PRECISIONS,
-                                             Config)
+from sfprompt.platform.config.schema import (BACKENDS, BODY_PLACEMENTS, EVAL_WORKERS,
+                                             NETWORK_MODES, PRECISIONS, Config)
 from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.registry import Registry
 
@@ -88,6 +88,7 @@ def validate(cfg: Config) -> None:
         ("run.backend", cfg.run.backend, BACKENDS),
         ("run.precision", cfg.run.precision, PRECISIONS),
         ("eval.worker", cfg.eval.worker, EVAL_WORKERS),
+        ("ray.body", cfg.ray.body, BODY_PLACEMENTS),
         ("compress.activations", cfg.compress.activations, CODECS),
         ("compress.gradients", cfg.compress.gradients, CODECS),
     ):
@@ -101,6 +102,22 @@ def validate(cfg: Config) -> None:
            f"head_blocks + tail_blocks = {used} exceeds the {depth} blocks of {cfg.model.name}")
     _validate_clock(cfg)
     _validate_faults(cfg)
+    _validate_body(cfg, METHODS[cfg.train.method])
+
+
+def _validate_body(cfg: Config, method) -> None:
+    """`ray.body = "clients"` copies a frozen body into the client actors: nothing may
+    need the one server actor (a body that trains, a server resource, a server crash)."""
+    if cfg.ray.body != "clients" or method.client_body:
+        return
+    for needs_server, why in ((method.server_trains, f"train.method = {cfg.train.method!r} "
+                               "trains the body, which must then live in one server actor"),
+                              (bool(cfg.ray.server_resource), "ray.server_resource asks for "
+                               "a server actor"),
+                              (cfg.faults.server_crash_round > 0, "faults.server_crash_round "
+                               "crashes the server actor")):
+        _check(not needs_server, "ray.body", f"'clients' needs a frozen body and no server "
+               f"actor, but {why}; use 'server' or 'auto'")
 
 
 def _validate_clock(cfg: Config) -> None:

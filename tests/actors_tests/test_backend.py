@@ -8,7 +8,7 @@ import ray
 import torch
 
 from sfprompt.actors.backend import RayBackend, make_backend
-from sfprompt.actors.cluster import actor_threads, pool_shape, server_options
+from sfprompt.actors.cluster import actor_threads, body_placement, pool_shape, server_options
 from sfprompt.actors.clients import get_within
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.config.schema import RayConfig
@@ -39,38 +39,43 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     def factory(world):
         backends.append(make_backend(world))
         if isinstance(backends[-1], RayBackend):
-            actors.extend(backends[-1].pool.actors + [backends[-1].server])
+            actors.extend(backends[-1].pool.actors + [backends[-1].server] * (
+                backends[-1].server is not None))
         return backends[-1]
 
     dirs = {}
-    # Two client actors sharing the one CPU the server leaves, so that server requests
-    # from different clients really interleave.
-    for name, backend in (("local", "local"), ("ray1", "ray"), ("ray2", "ray")):
+    # With the body on a server actor: two client actors sharing the one CPU it leaves,
+    # so that server requests from different clients really interleave. With the body in
+    # the client actors, each computes its own clients' body steps.
+    for name, backend, body in (("local", "local", "auto"), ("ray1", "ray", "server"),
+                                ("ray2", "ray", "server"), ("ray3", "ray", "clients")):
         cfg = load_config(None, tiny + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
                                         f"run.backend={backend}", "ray.num_client_actors=2",
-                                        "run.threads=1"])
+                                        "run.threads=1", f"ray.body={body}"])
         dirs[name] = run_experiment(cfg, make_backend=factory)
     local, reference = read_rounds(dirs["local"]), read_clients(dirs["local"])
     columns, client_columns = metric_columns(local), metric_columns(reference)
     assert {"accuracy", "train_loss", "bytes.smashed_up", "flops.server",
             "sim.round_seconds"} <= set(columns)
     assert (local["flops.server"] > 0).all() and (local["bytes.gradients_down"] > 0).all()
-    for name in ("ray1", "ray2"):
+    for name in ("ray1", "ray2", "ray3"):
         pd.testing.assert_frame_equal(read_rounds(dirs[name])[columns], local[columns],
                                       check_exact=True)
         pd.testing.assert_frame_equal(read_clients(dirs[name])[client_columns],
                                       reference[client_columns], check_exact=True)
 
     assert isinstance(backends[0], LocalBackend)
-    ray_backend = backends[1]
-    assert isinstance(ray_backend, RayBackend)
+    on_server, in_clients = backends[1], backends[3]
+    assert isinstance(on_server, RayBackend) and "node" in on_server.server_placement
+    assert in_clients.server_placement == {"body": "clients", "device": "cpu"}
     # Where the time went, summed over the rounds: each part was measured (wall time, so
     # only that it was recorded is checked, not how the parts compare).
-    seconds = ray_backend.seconds
+    seconds = on_server.seconds
     parts = ("client_round", "server_wait", "server_busy")
     assert all(seconds[k] > 0 for k in parts), dict(seconds)
+    assert in_clients.seconds["client_round"] > 0 and in_clients.seconds["server_wait"] == 0
     # run_experiment closed the backends: their actors are gone, the fixture's Ray is not.
-    assert len(actors) == 6 and ray.is_initialized()
+    assert len(actors) == 8 and ray.is_initialized()
     for actor in actors:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(actor.placement.remote(), timeout=30)
@@ -203,6 +208,33 @@ def test_resources_of_server_and_pool(ray_instance):
     assert pool_shape(RayConfig(), 0) == (2, 1.0)
     assert pool_shape(RayConfig(num_client_actors=4), 1) == (4, 0.25)  # 4 share 1 free CPU
     assert pool_shape(RayConfig(num_client_actors=1), 1) == (1, 1.0)
+
+
+def test_auto_body_placement_keeps_a_server_actor_only_where_one_is_needed(
+        ray_instance, tiny, monkeypatch):
+    def placement(*items: str, server_trains: bool = False) -> str:
+        return body_placement(load_config(None, tiny + list(items)), server_trains)
+
+    assert placement() == "clients"  # a frozen body, CPUs only
+    assert placement(server_trains=True) == "server"  # sfl: one body that trains
+    assert placement("faults.server_crash_round=1") == "server"
+    assert placement("ray.server_resource=server_gpu") == "server"
+    assert placement("ray.body=server") == "server"
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    assert placement() == "server"  # the body runs on the GPU
+    assert placement("ray.body=clients") == "clients"
+
+
+def test_where_the_body_is_changes_neither_the_pool_nor_its_threads(ray_instance, tiny):
+    # Thread counts decide float results (run.threads = 0 here): the body's place must not.
+    shapes = {}
+    for body in ("server", "clients"):
+        backend = RayBackend(build_world(load_config(None, tiny + [f"ray.body={body}"])))
+        try:
+            shapes[body] = backend.client_placements
+        finally:
+            backend.close()
+    assert shapes["server"] == shapes["clients"]
 
 
 def test_actor_threads_share_the_node_unless_set():

@@ -149,7 +149,8 @@ def test_server_receives_only_smashed_data_and_gradients(ray_instance, overrides
         backend.close = read_then_close
         return backend
 
-    cfg = load_config(None, overrides + ["run.backend=ray", "run.run_id=ray"])
+    # The body on its own process, so that what reaches it crossed a process boundary.
+    cfg = load_config(None, overrides + ["run.backend=ray", "run.run_id=ray", "ray.body=server"])
     run_dir = run_experiment(cfg, make_backend=factory)
     ray_requests = check_received(received, cfg, run_dir)
     info = json.loads((run_dir / "run.json").read_text())  # where the actors lived
