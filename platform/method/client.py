@@ -77,6 +77,12 @@ class ClientWorker:
         self._norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
         self.client_model = split.client()
         self.parameters = list(self.client_model.parameters())
+        # By name, walked once: every client's load, state and optimizer look them up,
+        # and walking the modules each time costs more than a small client's step.
+        self.named_parameters = dict(self.client_model.named_parameters())
+        self._statistics = {n: b for n, b in self.client_model.named_buffers()
+                            if n.rsplit(".", 1)[-1] in STATISTICS}
+        self._loadable = {**self.named_parameters, **dict(self.client_model.named_buffers())}
         # FLOPs of each distinct step, counted once for every client this worker serves
         # (wire.flops.Flops); None counts every step afresh.
         self.flop_cache: dict | None = {}
@@ -93,15 +99,15 @@ class ClientWorker:
 
     def state(self) -> State:
         """What trains on the client and travels (client_state)."""
-        return client_state(self.client_model)
+        state = {n: p.detach() for n, p in self.named_parameters.items() if p.requires_grad}
+        state.update({n: b.detach() for n, b in self._statistics.items()})
+        return state
 
     def frozen_state(self) -> State:
         """The client-side parameters that never train: sent once, on a first visit."""
-        return parameters_by_name(self.client_model, trainable=False)
+        return {n: p.detach() for n, p in self.named_parameters.items() if not p.requires_grad}
 
     @torch.no_grad()
     def load(self, state: State) -> None:
-        params = {**dict(self.client_model.named_parameters()),
-                  **dict(self.client_model.named_buffers())}
         for name, value in state.items():
-            params[name].copy_(value)
+            self._loadable[name].copy_(value)

@@ -56,7 +56,7 @@ def make_optimizer(cfg: Config, worker: ClientWorker) -> torch.optim.Optimizer:
     """`train.optimizer`, fresh every round (clients keep no optimizer state between
     rounds), with one learning rate per kind of parameter: `train.prompt_lr` for the
     prompts, `train.lr` for the classifier, `train.pretrained_lr` for pretrained ones."""
-    named = [(n, p) for n, p in worker.client_model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in worker.named_parameters.items() if p.requires_grad]
     rates = {"prompts": cfg.train.prompt_lr, "classifier": cfg.train.lr,
              "pretrained": cfg.train.pretrained_lr}
     groups = [{"params": [p for n, p in named if parameter_kind(n) == kind], "lr": lr}
