@@ -22,9 +22,9 @@ from sfprompt.results.atomic import atomic_open
 CHECKPOINT = "checkpoint.pt"
 
 
-# Bumped when the layout changes (2: tail.classifier; 3: no aggregation memory); an old
-# file is refused.
-_FORMAT = 3
+# Bumped when the layout changes (2: tail.classifier; 3: no aggregation memory;
+# 4: aggregation rule state); an old file is refused.
+_FORMAT = 4
 
 
 def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],
@@ -34,6 +34,7 @@ def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],
                "global_state": progress.global_state,
                "visited": sorted(int(c) for c in progress.visited),
                "elapsed": float(progress.elapsed), "server": progress.server,
+               "aggregator": progress.aggregator,
                "rounds": [_plain(r) for r in rounds],
                "clients": [_plain(r) for r in clients]}
     with atomic_open(Path(run_dir) / CHECKPOINT) as f:
@@ -54,7 +55,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[Progress, list[dict], list[dic
                             f"this version reads {_FORMAT}")
     progress = Progress(global_state=payload["global_state"], round=payload["round"],
                         visited=set(payload["visited"]), elapsed=payload["elapsed"],
-                        server=payload["server"])
+                        server=payload["server"], aggregator=payload["aggregator"])
     return progress, payload["rounds"], payload["clients"]
 
 

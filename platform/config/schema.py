@@ -108,8 +108,24 @@ class FedConfig:
     shards_per_client: int = 2
     # Fewest samples a client may hold; dirichlet redraws until every client has them.
     min_samples: int = 1
-    # Aggregation rule from the registry (weights = kept samples).
+    # Aggregation rule from the registry (weights = kept samples): fedavg; fedprox (FedAvg,
+    # clients add fed.prox_mu's proximal term); fedavgm (server momentum); fedadagrad,
+    # fedadam, fedyogi (adaptive server optimizers, Reddi et al. 2021).
     aggregation: str = "fedavg"
+    # Server learning rate of fedavgm and the adaptive rules: the step along the averaged
+    # client update. 1 with momentum 0 is FedAvg.
+    server_lr: float = 1.0
+    # Server momentum of fedavgm, and the first-moment decay beta1 of the adaptive rules.
+    server_momentum: float = 0.9
+    # Second-moment decay beta2 of fedadam and fedyogi.
+    server_beta2: float = 0.99
+    # Adaptivity tau of the adaptive rules: added to the root of the second moment, which
+    # starts at tau², so that parameters the clients barely move take bounded steps.
+    server_tau: float = 1e-3
+    # FedProx's mu (fed.aggregation = "fedprox" only): each client adds mu/2 ||w − w_global||²
+    # over what it trains, which keeps skewed clients from drifting far from the model
+    # they received. 0.01 as in common FedProx setups.
+    prox_mu: float = 0.01
     # Round protocol: "wait_all" (the round ends when the last client does), "deadline"
     # (clients whose simulated time exceeds fed.deadline_s are dropped as late),
     # "over_commit" (sample ceil(fed.over_commit x clients_per_round), aggregate the

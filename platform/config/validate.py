@@ -72,6 +72,7 @@ def validate(cfg: Config) -> None:
            "train.weight_decay", f"must be a number >= 0, got {cfg.train.weight_decay}")
     _check(0 <= cfg.train.momentum < 1, "train.momentum",
            f"must be in [0, 1), got {cfg.train.momentum}")
+    _validate_server_optimizer(cfg)
     _check(cfg.ray.timeout_s > 0 and math.isfinite(cfg.ray.timeout_s), "ray.timeout_s",
            f"must be a positive number of seconds, got {cfg.ray.timeout_s}")
     _check(cfg.fed.clients_per_round <= cfg.fed.num_clients, "fed.clients_per_round",
@@ -103,6 +104,19 @@ def validate(cfg: Config) -> None:
     _validate_clock(cfg)
     _validate_faults(cfg)
     _validate_body(cfg, METHODS[cfg.train.method])
+
+
+def _validate_server_optimizer(cfg: Config) -> None:
+    """The aggregation rules' settings, checked whatever the rule (a study may switch it)."""
+    f = cfg.fed
+    for key, value in (("fed.server_lr", f.server_lr), ("fed.server_tau", f.server_tau)):
+        _check(value > 0 and math.isfinite(value), key, f"must be a positive number, got {value}")
+    for key, value in (("fed.server_momentum", f.server_momentum),
+                       ("fed.server_beta2", f.server_beta2)):
+        # 1 would never forget the first rounds (and beta1 = 1 never moves at all).
+        _check(0 <= value < 1, key, f"must be in [0, 1), got {value}")
+    _check(f.prox_mu >= 0 and math.isfinite(f.prox_mu), "fed.prox_mu",
+           f"must be a number >= 0, got {f.prox_mu}")
 
 
 def _validate_body(cfg: Config, method) -> None:

@@ -3,14 +3,17 @@
 No random-number state carries over: every draw comes from a generator seeded by
 (seed, round[, client]), and the model's initial state from `run.seed` when the world
 is rebuilt. What the backends hold between rounds is either rebuilt from the config
-(the frozen model parts) or kept here: the global trainable state, and the server's
-body and optimizer when the method trains it (sfl).
+(the frozen model parts) or kept here: the global trainable state, the aggregation
+rule's server optimizer state (fedavgm, fedadam, ...), and the server's body and
+optimizer when the method trains it (sfl).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from sfprompt.platform.method.client import State
 
@@ -25,3 +28,6 @@ class Progress:
     elapsed: float = 0.0  # simulated seconds so far
     # BodyServer.state_dict() when the method trains the body, else None.
     server: dict[str, Any] | None = None
+    # The aggregation rule's memory (fed/aggregation.py: server momentum, moments by
+    # name); empty for the rules that keep none (fedavg, fedprox).
+    aggregator: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -98,10 +98,11 @@ class _Trained:
 
 
 def _copy(progress: Progress) -> Progress:
-    """A copy that later rounds cannot change: they replace the global state's dict
-    (aggregation builds a new one) but grow `visited` in place."""
+    """A copy that later rounds cannot change: they replace the global state's and the
+    aggregator's dicts (aggregation builds new ones) but grow `visited` in place."""
     return dataclasses.replace(progress, global_state=dict(progress.global_state),
-                               visited=set(progress.visited))
+                               visited=set(progress.visited),
+                               aggregator=dict(progress.aggregator))
 
 
 def _train_round(world: World, backend: Backend, progress: Progress,
@@ -151,8 +152,9 @@ def _train_round(world: World, backend: Backend, progress: Progress,
                       key=lambda o: o.client)
     aggregated = [o.result for o in outcomes if o.status == "ok"]
     if aggregated:
-        progress.global_state = aggregate([r.state for r in aggregated],
-                                          [r.num_kept for r in aggregated])
+        progress.global_state, progress.aggregator = aggregate(
+            [r.state for r in aggregated], [r.num_kept for r in aggregated],
+            progress.global_state, progress.aggregator, cfg.fed)
     else:
         log.warning("round %d: no client update to aggregate; the global state stays", round_)
     row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,

@@ -45,7 +45,8 @@ def kept_positions(selected: torch.Tensor) -> np.ndarray:
 
 
 def apply_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """Step on the gradients of `loss`, then clear them; a dry run only clears."""
+    """Step on the gradients of `loss`, then clear them; a dry run only clears. The
+    optimizer's step pre-hooks run inside `step` (FedProx's proximal gradient, session.py)."""
     if not loss.is_meta:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

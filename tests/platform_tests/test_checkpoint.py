@@ -117,12 +117,17 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
 def test_checkpoint_round_trip_stores_numpy_scalars_as_numbers(tmp_path):
     # numpy scalars (profile draws, clock sums) are stored as Python numbers, or a
     # weights_only load would refuse the file
+    # the aggregation rule's memory (server moments, float64) comes back exactly
     progress = Progress({"head.prompts": torch.randn(1, 2, 4)}, round=3,
-                        visited={np.int64(4), 1}, elapsed=np.float64(12.5))
+                        visited={np.int64(4), 1}, elapsed=np.float64(12.5),
+                        aggregator={"m/head.prompts": torch.randn(1, 2, 4, dtype=torch.float64)})
     rows = [{"round": 3, "accuracy": np.float64(0.5), "status": "ok", "samples": np.int64(7)}]
     save_checkpoint(tmp_path, progress, rows, rows)
     loaded, rounds, clients = load_checkpoint(tmp_path)
     assert (loaded.round, loaded.visited, loaded.elapsed, loaded.server) == (3, {1, 4}, 12.5, None)
     assert torch.equal(loaded.global_state["head.prompts"], progress.global_state["head.prompts"])
+    assert loaded.aggregator.keys() == {"m/head.prompts"}
+    assert loaded.aggregator["m/head.prompts"].dtype == torch.float64
+    assert torch.equal(loaded.aggregator["m/head.prompts"], progress.aggregator["m/head.prompts"])
     assert rounds == clients == [{"round": 3, "accuracy": 0.5, "status": "ok", "samples": 7}]
     assert load_checkpoint(tmp_path / "missing") is None

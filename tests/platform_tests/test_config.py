@@ -97,6 +97,11 @@ def test_replace_changes_dotted_keys_and_validates():
     (["train.method=magic"], "train.method"),
     (["prune.score=loss"], "prune.score"),
     (["fed.aggregation=median"], "fed.aggregation"),
+    (["fed.server_lr=-1"], "fed.server_lr"),
+    (["fed.server_momentum=1"], "fed.server_momentum"),
+    (["fed.server_beta2=1.5"], "fed.server_beta2"),
+    (["fed.server_tau=inf"], "fed.server_tau"),
+    (["fed.prox_mu=-0.1"], "fed.prox_mu"),
     (["run.backend=mpi"], "run.backend"),
     (["ray.num_client_actors=-1"], "ray.num_client_actors"),
     (["ray.timeout_s=0"], "ray.timeout_s"),
@@ -137,3 +142,10 @@ def test_missing_or_broken_file_is_named(tmp_path):
     bad.write_text("[fed\n")
     with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
         load_config(bad)
+
+
+def test_the_edges_of_the_server_optimizer_ranges_are_accepted():
+    # momentum and beta2 0 (no memory of earlier rounds), mu 0 (FedProx as FedAvg)
+    cfg = load_config(None, ["fed.aggregation=fedprox", "fed.prox_mu=0", "fed.server_momentum=0",
+                             "fed.server_beta2=0", "fed.server_tau=1e-12", "fed.server_lr=1e-12"])
+    assert (cfg.fed.prox_mu, cfg.fed.server_momentum, cfg.fed.server_beta2) == (0, 0, 0)

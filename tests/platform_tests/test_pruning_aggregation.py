@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from sfprompt.platform.config.schema import FedConfig
 from sfprompt.platform.fed.aggregation import AGGREGATIONS, fedavg
 from sfprompt.platform.method.pruning import SCORES, el2n, keep_count, select_hardest
 
@@ -62,8 +63,10 @@ def test_fedavg_by_hand():
 
 @pytest.mark.parametrize("name", sorted(AGGREGATIONS))
 def test_aggregating_identical_states_is_identity(name):
+    # Clients that all return the global state moved nowhere: no rule moves it either.
     s = {"p": torch.randn(3, 4)}
-    torch.testing.assert_close(AGGREGATIONS[name]([s, s, s], [1, 5, 2])["p"], s["p"])
+    state, _ = AGGREGATIONS[name]([s, s, s], [1, 5, 2], s, {}, FedConfig())
+    torch.testing.assert_close(state["p"], s["p"])
 
 
 def test_fedavg_rejects_mismatched_inputs():
