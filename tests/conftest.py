@@ -14,3 +14,14 @@ from tinyvit import VARIANTS  # noqa: E402
 def variant(request):
     """Each small ViT layout in turn."""
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest, and least at the mercy of a busy machine, on one thread."""
+    import torch  # here, not at the top: most tests that need no torch stay light
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

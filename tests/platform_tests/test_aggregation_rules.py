@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from platform_tests.test_checkpoint import TINY, _same_tables
-from tinyvit import tiny_vit
+from platform_tests.test_checkpoint import TINY, _same_tables, cut_after_round_1
+from platform_tests.test_methods import _worker_and_task
 
 from sfprompt.platform.config.dotted import flatten
 from sfprompt.platform.config.load import load_config
@@ -21,25 +21,16 @@ from sfprompt.platform.loop.progress import Progress
 from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.world import World, build_world, initial_progress
 from sfprompt.platform.method import steps
-from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker
+from sfprompt.platform.method.client import ClientResult
 from sfprompt.platform.method.registry import METHODS
-from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.method.session import Session
-from sfprompt.platform.method.trainable import set_trainable
-from sfprompt.platform.model.split import split_vit
 from sfprompt.platform.sim.profiles import Profile, ServerProfile
 from sfprompt.results.checkpoint import load_checkpoint
 from sfprompt.results.experiment import resume_experiment, run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and least at the mercy of a busy machine, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- the rules by hand
@@ -241,25 +232,13 @@ BASE = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_si
         "train.lr=0.1", "train.prompt_lr=0.1", "train.pretrained_lr=0.1"]
 
 
-def _worker_and_task(method, n=10):
-    split = split_vit(tiny_vit(seed=0), 1, 1, prompt_length=2 if METHODS[method].prompts else 0)
-    set_trainable(split, METHODS[method])
-    gen = torch.Generator().manual_seed(5)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, 5, (n,), generator=gen)
-    worker = ClientWorker(split, images, labels, img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    task = ClientTask(client=0, round=1, indices=np.arange(n), seed=3, first_visit=True)
-    server = BodyServer(split.body, trains=METHODS[method].server_trains, lr=0.1)
-    return worker, task, server
-
-
 def _one_prox_step(mu: float, lr: float = 0.5):
     """A Session's optimizer stepping once from trainable parameters moved away from the
     downloaded global state: (global state, parameters before the step, after it)."""
     cfg = load_config(None, BASE + ["fed.aggregation=fedprox", f"fed.prox_mu={mu}",
                                     f"train.lr={lr}", f"train.prompt_lr={lr}",
                                     f"train.pretrained_lr={lr}"])
-    worker, task, _ = _worker_and_task("sfprompt")
+    _, worker, task, _ = _worker_and_task("sfprompt")
     global_state = {k: v.clone() for k, v in worker.state().items()}
     s = Session(cfg, worker, task, global_state)
     params = {n: p for n, p in worker.client_model.named_parameters() if p.requires_grad}
@@ -298,7 +277,7 @@ def test_every_client_step_of_every_method_adds_the_proximal_gradient(method, mo
     cfg = load_config(None, BASE + [f"train.method={method}", "train.split_epochs=2",
                                     "prune.keep=1", "fed.aggregation=fedprox",
                                     f"fed.prox_mu={mu}"])
-    worker, task, server = _worker_and_task(method)
+    _, worker, task, server = _worker_and_task(method)
     global_state = {k: v.clone() for k, v in worker.state().items()}
     names = {id(p): n for n, p in worker.client_model.named_parameters()}
     real_step, checked = steps.apply_step, []
@@ -326,7 +305,7 @@ def test_fedprox_with_mu_0_trains_exactly_as_fedavg(method):
     for extra in (["fed.aggregation=fedavg"], ["fed.aggregation=fedprox", "fed.prox_mu=0"],
                   ["fed.aggregation=fedprox", "fed.prox_mu=0.5"]):
         cfg = load_config(None, BASE + [f"train.method={method}", "prune.keep=1", *extra])
-        worker, task, server = _worker_and_task(method)
+        _, worker, task, server = _worker_and_task(method)
         results.append(METHODS[method].client_round(cfg, worker, task, worker.state(), server))
     fedavg_run, mu_0, mu_half = results
     assert all(torch.equal(mu_0.state[k], v) for k, v in fedavg_run.state.items())
@@ -377,13 +356,7 @@ def test_fedadam_interrupted_after_round_1_resumes_to_the_same_numbers(tmp_path)
                         "fed.server_lr=0.01"]
     reference = run_experiment(load_config(None, overrides + ["run.run_id=whole"]))
 
-    def interrupt(row):
-        if row["round"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(load_config(None, overrides + ["run.run_id=cut"]), on_round=interrupt)
-    run_dir = tmp_path / "cut"
+    run_dir = cut_after_round_1(overrides, tmp_path)
     progress, _, _ = load_checkpoint(run_dir)
     assert progress.round == 1 and progress.aggregator  # the moments were saved
     assert {k.partition("/")[0] for k in progress.aggregator} == {"m", "v"}

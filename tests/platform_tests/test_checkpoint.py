@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -83,19 +84,25 @@ def test_sigkill_after_round_k_then_resume_equals_an_uninterrupted_run(tmp_path)
     assert "resumed after round 1" in (run_dir / "run.log").read_text()
 
 
-def test_interrupted_run_with_faults_resumes_to_the_same_numbers(tmp_path):
-    overrides = TINY + [f"run.out_dir={tmp_path}", "faults.client_crash=0.3",
-                        "faults.message_loss=0.2", "faults.delay_spike=0.2"]
-    reference = run_experiment(load_config(None, overrides + ["run.run_id=whole"]))
-    assert (read_rounds(reference)["failed"] > 0).any()
-
+def cut_after_round_1(overrides: list[str], out_dir) -> Path:
+    """The run `overrides` describe, interrupted (Ctrl-C) after its first round, as
+    `out_dir/cut`."""
     def interrupt(row):
         if row["round"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_experiment(load_config(None, overrides + ["run.run_id=cut"]), on_round=interrupt)
-    run_dir = tmp_path / "cut"
+    return Path(out_dir) / "cut"
+
+
+def test_interrupted_run_with_faults_resumes_to_the_same_numbers(tmp_path):
+    overrides = TINY + [f"run.out_dir={tmp_path}", "faults.client_crash=0.3",
+                        "faults.message_loss=0.2", "faults.delay_spike=0.2"]
+    reference = run_experiment(load_config(None, overrides + ["run.run_id=whole"]))
+    assert (read_rounds(reference)["failed"] > 0).any()
+
+    run_dir = cut_after_round_1(overrides, tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     resume_experiment(run_dir)
     _same_tables(run_dir, reference)

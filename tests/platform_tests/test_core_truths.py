@@ -30,13 +30,7 @@ TINY_CFG = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.im
             "data.name=digits", "prompt.length=2", "run.backend=local", "train.batch_size=4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and least at the mercy of a busy machine, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
