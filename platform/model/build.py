@@ -13,7 +13,8 @@ from timm.models.vision_transformer import VisionTransformer
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.registry import METHODS, prompt_length
 from sfprompt.platform.method.trainable import set_trainable
-from sfprompt.platform.model.split import SplitModel, add_probe_norm, split_vit
+from sfprompt.platform.model.split import (SplitModel, add_probe_norm, classifier_names,
+                                           split_vit)
 from sfprompt.platform.model.weights import create_vit
 
 
@@ -26,8 +27,9 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
     vit.eval()  # no dropout or drop-path: the parts are trained, the model is not sampled
     # A zero classifier starts every client from uniform predictions, so the first
     # round's updates are about the data rather than about a random head's bias.
-    torch.nn.init.zeros_(vit.head.weight)
-    torch.nn.init.zeros_(vit.head.bias)
+    for name in classifier_names(vit):
+        torch.nn.init.zeros_(getattr(vit, name).weight)
+        torch.nn.init.zeros_(getattr(vit, name).bias)
     split = method_split(cfg, vit)
     pcfg = vit.pretrained_cfg
     norm = dict(img_size=cfg.model.img_size, mean=tuple(pcfg.get("mean", (0.5,) * 3)),

@@ -22,7 +22,7 @@ from timm.layers import global_pool_nlc
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.errors import ConfigError, SfpromptError
 
 
 class Head(nn.Module):
@@ -32,6 +32,7 @@ class Head(nn.Module):
         super().__init__()
         self.patch_embed = vit.patch_embed
         self.cls_token = vit.cls_token
+        self.dist_token = getattr(vit, "dist_token", None)  # DeiT's distillation token
         self.reg_token = vit.reg_token
         self.pos_embed = vit.pos_embed
         self.no_embed_class = vit.no_embed_class
@@ -47,7 +48,8 @@ class Head(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """timm's patch + position embedding (VisionTransformer._pos_embed, static size)."""
         x = self.patch_embed(images)  # (B, N, D)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        prefix = [t.expand(x.shape[0], -1, -1)
+                  for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
         if self.pos_embed is None:
             x = torch.cat(prefix + [x], dim=1)
         elif self.no_embed_class:
@@ -83,12 +85,12 @@ class Tail(nn.Module):
 
     def __init__(self, vit: VisionTransformer, tail_blocks: int, prompt_length: int) -> None:
         super().__init__()
-        if vit.attn_pool is not None:
-            raise SfpromptError("model.name: attention-pool ViTs (MAP heads) are not supported")
         self.blocks = nn.Sequential(*vit.blocks[len(vit.blocks) - tail_blocks:])
         # `classifier`, not timm's `head`: the head is SFPrompt's client-side first part.
         self.norm, self.fc_norm, self.head_drop = vit.norm, vit.fc_norm, vit.head_drop
-        self.classifier = vit.head
+        distilled = getattr(vit, "head_dist", None)
+        self.classifier = vit.head if distilled is None else DistilledClassifier(vit.head,
+                                                                                 distilled)
         self.global_pool = vit.global_pool
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool_include_prefix = vit.pool_include_prefix
@@ -99,9 +101,29 @@ class Tail(nn.Module):
         x = self.norm(self.blocks(x))
         p = self.num_prefix_tokens
         x = torch.cat([x[:, :p], x[:, p + self.prompt_length:]], dim=1)  # (B, prefix + N, D)
-        x = global_pool_nlc(x, pool_type=pool or self.global_pool, num_prefix_tokens=p,
-                            reduce_include_prefix=self.pool_include_prefix)  # (B, D)
-        return self.classifier(self.head_drop(self.fc_norm(x)))
+        pool = pool or self.global_pool
+        pooled = global_pool_nlc(x, pool_type=pool, num_prefix_tokens=p,
+                                 reduce_include_prefix=self.pool_include_prefix)  # (B, D)
+        if isinstance(self.classifier, DistilledClassifier):
+            # The distillation token's classifier reads that token (the second prefix
+            # token) where the class token's reads the class token, else the same pool.
+            dist = x[:, 1] if pool == "token" else pooled
+            return self.classifier(self.head_drop(self.fc_norm(pooled)),
+                                   self.head_drop(self.fc_norm(dist)))
+        return self.classifier(self.head_drop(self.fc_norm(pooled)))
+
+
+class DistilledClassifier(nn.Module):
+    """DeiT's two classifiers (timm's VisionTransformerDistilled): `head` on the class
+    token, `dist` on the distillation token; the logits are their mean, as timm computes
+    them outside distillation training (fine-tuning here has no teacher)."""
+
+    def __init__(self, head: nn.Module, dist: nn.Module) -> None:
+        super().__init__()
+        self.head, self.dist = head, dist
+
+    def forward(self, cls: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        return (self.head(cls) + self.dist(dist)) / 2
 
 
 def init_prompts(vit: VisionTransformer, length: int) -> torch.Tensor:
@@ -159,10 +181,18 @@ class ProbeNorm(nn.Module):
         return (x - mean) / torch.sqrt(var + self.eps)
 
 
+def classifier_names(vit: VisionTransformer) -> tuple[str, ...]:
+    """The attributes of `vit` that are classifiers: `head`, and DeiT's `head_dist`."""
+    return ("head", "head_dist") if hasattr(vit, "head_dist") else ("head",)
+
+
 def add_probe_norm(vit: VisionTransformer) -> None:
-    """Put a `ProbeNorm` in front of `vit`'s classifier (`head.norm`, `head.linear`)."""
-    norm = ProbeNorm(vit.head.in_features).train(vit.training)
-    vit.head = nn.Sequential(OrderedDict(norm=norm, linear=vit.head))
+    """Put a `ProbeNorm` in front of each of `vit`'s classifiers (`head.norm`,
+    `head.linear`)."""
+    for name in classifier_names(vit):
+        linear = getattr(vit, name)
+        norm = ProbeNorm(linear.in_features).train(vit.training)
+        setattr(vit, name, nn.Sequential(OrderedDict(norm=norm, linear=linear)))
 
 
 @dataclass
@@ -225,6 +255,15 @@ def local_pool_for(model_pool: str, head_blocks: int, tail_blocks: int, choice: 
     return model_pool
 
 
+def check_splittable(vit: VisionTransformer) -> None:
+    """Refuse the ViT layouts the split does not handle, naming `model.name` (config
+    validation calls this on the meta-device model, before anything runs)."""
+    if vit.attn_pool is not None:
+        raise ConfigError("model.name: attention-pool ViTs (MAP heads) are not supported")
+    if getattr(vit, "dynamic_img_size", False):
+        raise ConfigError("model.name: dynamic image size ViTs are not supported")
+
+
 def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt_length: int,
               local_pool: str = "auto") -> SplitModel:
     """Cut `vit` at (head_blocks, tail_blocks). Every parameter starts frozen; the method
@@ -233,8 +272,7 @@ def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt
     if head_blocks < 0 or tail_blocks < 0 or head_blocks + tail_blocks > depth:
         raise SfpromptError(f"split: head_blocks={head_blocks} + tail_blocks={tail_blocks} "
                             f"does not fit a model of {depth} blocks")
-    if getattr(vit, "dynamic_img_size", False):
-        raise SfpromptError("model.name: dynamic image size ViTs are not supported")
+    check_splittable(vit)
     head = Head(vit, head_blocks, prompt_length)
     body = Body(vit, head_blocks, tail_blocks)
     tail = Tail(vit, tail_blocks, prompt_length)

@@ -38,6 +38,7 @@ from timm.models.vision_transformer import (VisionTransformer, checkpoint_filter
 from sfprompt.platform.atomic import atomic_write_bytes
 from sfprompt.platform.errors import ConfigError, SfpromptError, one_line
 from sfprompt.platform.model import dinov2_onnx
+from sfprompt.platform.model.split import check_splittable
 from sfprompt.platform.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def _meta_vit(name: str) -> VisionTransformer:
         raise ConfigError(
             f"model.name: {name} is a {type(model).__name__}, not a timm VisionTransformer"
         )
+    check_splittable(model)
     return model
 
 

@@ -19,6 +19,8 @@ REAL = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_si
 CASES = [(m, ()) for m in sorted(METHODS) if m != "sfl"] + [
     ("sfprompt", ("compress.activations=int8", "compress.gradients=fp16")),
     ("sfl", ("compress.activations=bf16", "compress.gradients=int8")),
+    # DeiT distilled: a second prefix token and a second classifier (each with its probe norm).
+    ("sfprompt", ("model.name=deit_tiny_distilled_patch16_224",)),
 ]
 
 
