@@ -18,3 +18,21 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isdir(
     _os.path.join(_root, "platform")
 ):
     __path__.append(_root)  # noqa: F821 - __path__ is set for packages
+
+# The Python API (api.py), imported on first use of one of its names: every command and
+# results/rundir.py (for __version__) import this root, so it imports nothing itself.
+_API = ("run", "load_run", "resume", "config", "compare", "study", "cost", "Run",
+        "ConfigError", "SfpromptError")
+
+
+def __getattr__(name):
+    if name in _API:
+        # By name, not `from sfprompt import api`: this root stays a module every other
+        # may import (results/rundir.py reads __version__) without an import cycle.
+        import importlib
+        return getattr(importlib.import_module("sfprompt.api"), name)
+    raise AttributeError(f"module 'sfprompt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])

@@ -22,6 +22,7 @@ import argparse
 import logging
 import sys
 
+from sfprompt import api
 from sfprompt.platform.errors import SfpromptError
 
 MB = 1e6
@@ -46,25 +47,21 @@ def _config(args):
 
 
 def cmd_run(args) -> int:
-    from sfprompt.actors.backend import make_backend
-    from sfprompt.results.experiment import run_experiment
     cfg = _config(args)
     print(f"sfprompt: {cfg.train.method} on {cfg.data.name} with {cfg.model.name} "
           f"({cfg.model.weights} weights), {cfg.fed.num_clients} clients, "
           f"{cfg.fed.clients_per_round} per round, {cfg.fed.rounds} rounds", flush=True)
-    run_dir = run_experiment(cfg, on_round=_progress(cfg.fed.rounds), make_backend=make_backend)
-    print(f"results: {run_dir}")
+    run = api.run(cfg, on_round=_progress(cfg.fed.rounds))
+    print(f"results: {run.dir}")
     return 0
 
 
 def cmd_resume(args) -> int:
-    from sfprompt.actors.backend import make_backend
     from sfprompt.platform.config.load import load_config
-    from sfprompt.results.experiment import resume_experiment
     rounds = load_config(f"{args.dir}/config.toml").fed.rounds  # a missing file: one line
     print(f"sfprompt: resuming {args.dir}", flush=True)
-    run_dir = resume_experiment(args.dir, on_round=_progress(rounds), make_backend=make_backend)
-    print(f"results: {run_dir}")
+    run = api.resume(args.dir, on_round=_progress(rounds))
+    print(f"results: {run.dir}")
     return 0
 
 
@@ -139,7 +136,7 @@ def cmd_study(args) -> int:
     return _study_exports(study_dir)
 
 
-METHOD_ORDER = "sfprompt,fl,fl_prompt,sfl,centralized"
+METHOD_ORDER = ",".join(api.COMPARE_METHODS)
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -157,10 +154,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _compare_outputs(compare_dir, target: float | None, order: list[str] | None) -> int:
-    from sfprompt.results.plots import compare_plots
-    from sfprompt.results.summary import load_compare, write_compare
-    write_compare(compare_dir, target, order)
-    plots = compare_plots(load_compare(compare_dir), compare_dir, order)
+    _, plots = api._comparison_files(compare_dir, target, order)
     print((compare_dir / "compare.md").read_text(), end="")
     print("results:\n" + "\n".join(f"  {p}" for p in
                                     [compare_dir / "compare.parquet", compare_dir / "compare.md", *plots]))
@@ -224,7 +218,8 @@ def _add_comparison_commands(sub) -> None:
     p = sub.add_parser("compare", help="run several methods and seeds, tabulate and plot")
     p.add_argument("--config", "-c", help="TOML file (defaults apply to what it leaves out)")
     p.add_argument("--methods", default=METHOD_ORDER, help=f"comma-separated (default {METHOD_ORDER})")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
+    seeds = ",".join(map(str, api.COMPARE_SEEDS))
+    p.add_argument("--seeds", default=seeds, help=f"comma-separated run seeds (default {seeds})")
     p.add_argument("--target", type=float,
                    help="target accuracy (default 0.8 x the best accuracy of any run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
@@ -237,8 +232,8 @@ def _add_comparison_commands(sub) -> None:
     p.add_argument("--config", "-c", help="TOML file (defaults apply to what it leaves out)")
     p.add_argument("--samples", type=int, default=500, help="samples the client holds (500)")
     p.add_argument("--classes", type=int, default=10, help="classes of the task (10)")
-    p.add_argument("--methods", default="sfprompt,fl,fl_prompt,sfl",
-                   help="comma-separated (default sfprompt,fl,fl_prompt,sfl)")
+    methods = ",".join(api.COST_METHODS)
+    p.add_argument("--methods", default=methods, help=f"comma-separated (default {methods})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     p.set_defaults(fn=cmd_cost)
 

@@ -1,0 +1,202 @@
+"""The Python API: what the `sfprompt` command does, as functions returning Python objects.
+
+    run(config=None, **overrides) -> Run         one run, like `sfprompt run`
+    load_run(dir) -> Run                          an existing run directory
+    resume(dir) -> Run                            like `sfprompt resume`
+    config(config=None, **overrides) -> Config    the resolved config, like `sfprompt config`
+    compare(methods, seeds, config=None, **overrides) -> DataFrame   like `sfprompt compare`
+    study(spec_path, dir=None, parallel=None) -> DataFrame           like `sfprompt study run`
+    cost(config=None, **overrides) -> DataFrame                      like `sfprompt cost`
+
+`config` is a TOML path, a `Config` (e.g. an earlier run's `Run.config`) or None (the
+defaults). Overrides are dotted keys (`**{"fed.rounds": 3}`), tables
+(`fed={"rounds": 3}`) or both, with Python values: they become the command line's
+`key=value` strings and go through its parser, so both entry points accept and refuse
+the same settings with the same one-line `ConfigError`, raised before any directory is
+made. Nothing here prints; the heavy imports (torch, pandas, Ray) happen on first call.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sfprompt.platform.errors import ConfigError, SfpromptError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sfprompt.platform.config.schema import Config
+
+__all__ = ["Run", "run", "load_run", "resume", "config", "compare", "study", "cost",
+           "ConfigError", "SfpromptError", "COMPARE_METHODS", "COST_METHODS"]
+
+# The CLI's defaults (its --methods and --seeds say the same).
+COMPARE_METHODS = ("sfprompt", "fl", "fl_prompt", "sfl", "centralized")
+COMPARE_SEEDS = (0, 1, 2)
+COST_METHODS = ("sfprompt", "fl", "fl_prompt", "sfl")
+
+OnRound = Callable[[dict], None]
+
+
+def _override_strings(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Dotted key -> the text the CLI would be given: `str(True)` is not a TOML bool,
+    and anything but a scalar has no `key=value` form."""
+    from sfprompt.platform.config.dotted import flatten
+    out = {}
+    for key, value in flatten(overrides).items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, (str, numbers.Real)):  # numpy scalars are Real too
+            out[key] = str(value)
+        else:
+            raise ConfigError(f"{key}: expected a number, bool or string, got {value!r}")
+    return out
+
+
+def _resolve(cfg: str | Path | Config | None, overrides: Mapping[str, Any]) -> Config:
+    from sfprompt.platform.config.dotted import merge, parse_overrides, to_dict
+    from sfprompt.platform.config.load import config_from_dict, load_config
+    from sfprompt.platform.config.schema import Config
+    strings = [f"{key}={value}" for key, value in _override_strings(overrides).items()]
+    if isinstance(cfg, Config):  # validated again: dataclasses.replace checks nothing
+        return config_from_dict(merge(to_dict(cfg), parse_overrides(strings)))
+    return load_config(cfg, strings)
+
+
+def _make_backend(world):
+    # Imported when a run starts, not with this module: sfprompt.actors imports Ray.
+    from sfprompt.actors.backend import make_backend
+    return make_backend(world)
+
+
+def _make_executor(*args):
+    from sfprompt.actors.trials import RayExecutor
+    return RayExecutor(*args)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory; `config` is read once, everything else from disk on each access,
+    so a Run of a run still going sees its latest round."""
+
+    dir: Path
+
+    @cached_property
+    def config(self) -> Config:
+        from sfprompt.platform.config.load import load_config
+        return load_config(self.dir / "config.toml")
+
+    @property
+    def info(self) -> dict:
+        """run.json: status, versions, git commit, host, rounds done, the error of a failed run."""
+        return json.loads((self.dir / "run.json").read_text())
+
+    @property
+    def status(self) -> str:
+        return self.info["status"]
+
+    @property
+    def rounds(self) -> pd.DataFrame:
+        from sfprompt.results.tables import read_rounds
+        return read_rounds(self.dir)
+
+    @property
+    def clients(self) -> pd.DataFrame:
+        from sfprompt.results.tables import read_clients
+        return read_clients(self.dir)
+
+    def __repr__(self) -> str:
+        info, cfg = self.info, self.config
+        return (f"Run({str(self.dir)!r}: {info.get('status')}, "
+                f"{info.get('rounds_done', '?')}/{cfg.fed.rounds} rounds, {cfg.train.method} "
+                f"on {cfg.data.name} with {cfg.model.name})")
+
+
+def config(config: str | Path | Config | None = None, **overrides: Any) -> Config:
+    """The validated `Config` of `config` with `overrides`, as `sfprompt config` prints it."""
+    return _resolve(config, overrides)
+
+
+def run(config: str | Path | Config | None = None, *, on_round: OnRound | None = None,
+        **overrides: Any) -> Run:
+    """Run a simulation into `run.out_dir`/<id>/ and return it. `on_round(row)` gets each
+    round's row as it is written. A failed run raises after recording its status."""
+    from sfprompt.results.experiment import run_experiment
+    cfg = _resolve(config, overrides)
+    return Run(run_experiment(cfg, on_round=on_round or (lambda row: None),
+                              make_backend=_make_backend))
+
+
+def load_run(dir: str | Path) -> Run:
+    """The run in `dir`, a directory `run` or `sfprompt run` wrote."""
+    dir = Path(dir)
+    if not (dir / "config.toml").is_file() or not (dir / "run.json").is_file():
+        raise SfpromptError(f"{dir}: not a run directory (no config.toml or run.json)")
+    return Run(dir)
+
+
+def resume(dir: str | Path, *, on_round: OnRound | None = None) -> Run:
+    """Continue the killed, interrupted or failed run in `dir`, in the same directory."""
+    from sfprompt.results.experiment import resume_experiment
+    return Run(resume_experiment(dir, on_round=on_round or (lambda row: None),
+                                 make_backend=_make_backend))
+
+
+def _comparison_files(compare_dir: Path, target: float | None,
+                      order: list[str] | None) -> tuple[pd.DataFrame, list[Path]]:
+    """Write compare.parquet, compare.md and the plots of `compare_dir`; the table and
+    the plots' paths (the CLI's `compare` and `report` print them)."""
+    from sfprompt.results.plots import compare_plots
+    from sfprompt.results.summary import load_compare, write_compare
+    table = write_compare(compare_dir, target, order)
+    return table, compare_plots(load_compare(compare_dir), compare_dir, order)
+
+
+def compare(methods: Sequence[str] = COMPARE_METHODS, seeds: Sequence[int] = COMPARE_SEEDS,
+            config: str | Path | Config | None = None, *, target: float | None = None,
+            on_run: Callable[[int, int, Config], None] | None = None,
+            on_round: OnRound | None = None, **overrides: Any) -> pd.DataFrame:
+    """Every method x seed of one config, then its table (compare.parquet/.md) and plots,
+    as `sfprompt compare` does; returns the table. `table.attrs["dir"]` is the comparison
+    directory, `target` the accuracy `*.to_target` counts to (default 0.8 x the best)."""
+    from sfprompt.results.comparison import run_compare
+    cfg = _resolve(config, overrides)
+    methods, seeds = list(methods), list(seeds)
+    compare_dir = run_compare(cfg, methods, seeds, on_run=on_run or (lambda i, n, c: None),
+                              on_round=on_round or (lambda row: None),
+                              make_backend=_make_backend)
+    table, _ = _comparison_files(compare_dir, target, methods)
+    table.attrs["dir"] = str(compare_dir)  # a str: to_parquet stores attrs as JSON
+    return table
+
+
+def study(spec_path: str | Path, dir: str | Path | None = None, parallel: int | None = None,
+          *, on_trial: Callable | None = None) -> pd.DataFrame:
+    """Run the study file `spec_path` into `dir` (default runs/studies/<name>) and write
+    its exports, as `sfprompt study run` does; returns trials.parquet, one row per trial.
+    `table.attrs["dir"]` is the study directory; `sfprompt study resume` continues it."""
+    from sfprompt.results.atomic import read_parquet
+    from sfprompt.studies.export import TRIALS_FILE, export_study
+    from sfprompt.studies.runner import start_study
+    study_dir = start_study(spec_path, dir, parallel, on_trial=on_trial,
+                            make_executor=_make_executor)
+    export_study(study_dir)
+    trials = read_parquet(study_dir / TRIALS_FILE)
+    trials.attrs["dir"] = str(study_dir)
+    return trials
+
+
+def cost(config: str | Path | Config | None = None, *, methods: Sequence[str] = COST_METHODS,
+         samples: int = 500, classes: int = 10, **overrides: Any) -> pd.DataFrame:
+    """Bytes and FLOPs of one client's round per method, without compute, as `sfprompt
+    cost` prints them: one row per method, bytes in bytes and FLOPs in FLOPs."""
+    import pandas as pd
+
+    from sfprompt.platform.sim.costmodel import cost_table
+    return pd.DataFrame(cost_table(_resolve(config, overrides), list(methods), samples, classes))
