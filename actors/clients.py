@@ -39,6 +39,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from sfprompt.actors.wire import from_wire, state_from_wire, state_to_wire, to_wire
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.loop.backend import client_done
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
@@ -224,9 +225,11 @@ class ClientPool:
             except RayActorError:
                 queue.extendleft(reversed(self._lost_actor(i, pending, out)))
                 loads[i] = 0
+                client_done(len(out.done) + len(out.failed), len(tasks))
                 continue
             del pending[ready[0]]
             loads[i] -= 1
+            client_done(len(out.done) + len(out.failed), len(tasks))
         return out
 
     def _lost_actor(self, i: int, pending: dict[ray.ObjectRef, tuple[int, ClientTask]],

@@ -21,8 +21,8 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isdir(
 
 # The Python API (api.py), imported on first use of one of its names: every command and
 # results/rundir.py (for __version__) import this root, so it imports nothing itself.
-_API = ("run", "load_run", "resume", "config", "compare", "study", "cost", "Run",
-        "ConfigError", "SfpromptError")
+_API = ("run", "load_run", "resume", "config", "compare", "study", "cost", "on_client_done",
+        "Run", "ConfigError", "SfpromptError")
 
 
 def __getattr__(name):

@@ -7,6 +7,7 @@
     compare(methods, seeds, config=None, **overrides) -> DataFrame   like `sfprompt compare`
     study(spec_path, dir=None, parallel=None) -> DataFrame           like `sfprompt study run`
     cost(config=None, **overrides) -> DataFrame                      like `sfprompt cost`
+    on_client_done(hook)                          context: hook(settled, total) per client
 
 `config` is a TOML path, a `Config` (e.g. an earlier run's `Run.config`) or None (the
 defaults). Overrides are dotted keys (`**{"fed.rounds": 3}`), tables
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from sfprompt.platform.config.schema import Config
 
 __all__ = ["Run", "run", "load_run", "resume", "config", "compare", "study", "cost",
-           "ConfigError", "SfpromptError", "COMPARE_METHODS", "COST_METHODS"]
+           "on_client_done", "ConfigError", "SfpromptError", "COMPARE_METHODS",
+           "COST_METHODS"]
 
 # The CLI's defaults (its --methods and --seeds say the same).
 COMPARE_METHODS = ("sfprompt", "fl", "fl_prompt", "sfl", "centralized")
@@ -131,6 +133,13 @@ def run(config: str | Path | Config | None = None, *, on_round: OnRound | None =
     cfg = _resolve(config, overrides)
     return Run(run_experiment(cfg, on_round=on_round or (lambda row: None),
                               make_backend=_make_backend))
+
+
+def on_client_done(hook: Callable[[int, int], None]):
+    """A context in which every run calls `hook(settled, total)` each time a client's
+    work in a round ends (done or failed): progress inside a round, as the command's bar."""
+    from sfprompt.platform.loop.backend import on_client_done as context
+    return context(hook)
 
 
 def load_run(dir: str | Path) -> Run:

@@ -19,8 +19,10 @@ User errors (bad keys, missing files, impossible splits) print one line and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from sfprompt import api
 from sfprompt.platform.errors import SfpromptError
@@ -41,6 +43,36 @@ def _progress(total_rounds: int):
     return show
 
 
+@contextlib.contextmanager
+def _clients_bar() -> Iterator[None]:
+    """On a terminal, a bar of the round's clients settled, with elapsed time and ETA
+    (tqdm, on stderr); elsewhere (CI, pipes, logs) nothing: the line per round is it."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from tqdm import tqdm
+
+    from sfprompt.platform.loop.backend import on_client_done
+    bar = None
+
+    def advance(settled: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="clients", unit="client", leave=False,
+                       file=sys.stderr, dynamic_ncols=True)
+        bar.update(settled - bar.n)
+        if settled >= total:
+            bar.close()
+            bar = None
+
+    try:
+        with on_client_done(advance):
+            yield
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _config(args):
     from sfprompt.platform.config.load import load_config
     return load_config(args.config, args.overrides)
@@ -51,7 +83,8 @@ def cmd_run(args) -> int:
     print(f"sfprompt: {cfg.train.method} on {cfg.data.name} with {cfg.model.name} "
           f"({cfg.model.weights} weights), {cfg.fed.num_clients} clients, "
           f"{cfg.fed.clients_per_round} per round, {cfg.fed.rounds} rounds", flush=True)
-    run = api.run(cfg, on_round=_progress(cfg.fed.rounds))
+    with _clients_bar():
+        run = api.run(cfg, on_round=_progress(cfg.fed.rounds))
     print(f"results: {run.dir}")
     return 0
 
@@ -60,7 +93,8 @@ def cmd_resume(args) -> int:
     from sfprompt.platform.config.load import load_config
     rounds = load_config(f"{args.dir}/config.toml").fed.rounds  # a missing file: one line
     print(f"sfprompt: resuming {args.dir}", flush=True)
-    run = api.resume(args.dir, on_round=_progress(rounds))
+    with _clients_bar():
+        run = api.resume(args.dir, on_round=_progress(rounds))
     print(f"results: {run.dir}")
     return 0
 

@@ -188,3 +188,17 @@ def test_import_sfprompt_imports_no_torch_pandas_or_ray():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["[]", "no nope"]
+
+
+def test_a_terminal_gets_a_bar_of_the_rounds_clients_and_a_pipe_does_not(tmp_path, capsys,
+                                                                         monkeypatch):
+    args = ["run", *TINY_ARGS, "fed.num_clients=3", "fed.clients_per_round=3",
+            "faults.client_crash=0.5", "run.seed=1"]  # crashed clients settle too
+    assert main([*args, f"run.out_dir={tmp_path / 'piped'}"]) == 0
+    assert "clients" not in capsys.readouterr().err  # not a terminal: lines only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main([*args, f"run.out_dir={tmp_path / 'terminal'}"]) == 0
+    err = capsys.readouterr().err
+    # tqdm redraws at most every 0.1 s and clears itself when the round ends (leave=False),
+    # so what shows is the bar over the round's 3 clients, not every step of it.
+    assert re.search(r"clients: +0%.*\b0/3 \[", err), err

@@ -8,6 +8,9 @@ backend (`sfprompt.actors.backend.RayBackend`) must reproduce number for number.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Protocol
 
 from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
@@ -40,6 +43,29 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+# Called with (clients settled, clients handed out) each time a client's work in a round
+# ends, done or failed, inside `on_client_done`: progress within a long round.
+_client_hook: ContextVar[Callable[[int, int], None] | None] = ContextVar("client_hook",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def on_client_done(hook: Callable[[int, int], None]) -> Iterator[None]:
+    """Call `hook(settled, total)` as every backend in this context settles a client."""
+    token = _client_hook.set(hook)
+    try:
+        yield
+    finally:
+        _client_hook.reset(token)
+
+
+def client_done(settled: int, total: int) -> None:
+    """What a backend calls as each client of its `run_clients` call settles."""
+    hook = _client_hook.get()
+    if hook is not None:
+        hook(settled, total)
+
+
 class LocalBackend:
     """Runs every client's work, the server and evaluation in this process, in order."""
 
@@ -59,15 +85,15 @@ class LocalBackend:
 
     def run_clients(self, tasks: list[ClientTask], global_state: State) -> list[ClientResult]:
         results = []
-        for task in tasks:
-            if task.crash:  # the process running this client dies: its work is lost
-                continue
-            with emulate_network(self.cfg.network, self.profiles[task.client], task.seed), \
-                    autocast(self.cfg.run.precision):
-                result = self.method.client_round(self.cfg, self.worker, task, global_state,
-                                                  self.server)
-            result.server_flops = self.server.take_flops(task.client)
-            results.append(result)
+        for i, task in enumerate(tasks):
+            if not task.crash:  # a crash: the process running this client dies, work lost
+                with emulate_network(self.cfg.network, self.profiles[task.client],
+                                     task.seed), autocast(self.cfg.run.precision):
+                    result = self.method.client_round(self.cfg, self.worker, task,
+                                                      global_state, self.server)
+                result.server_flops = self.server.take_flops(task.client)
+                results.append(result)
+            client_done(i + 1, len(tasks))
         return results
 
     def evaluate(self, global_state: State) -> PendingEvaluation:

@@ -13,7 +13,7 @@ from sfprompt.actors.clients import get_within
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.config.schema import RayConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
-from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.backend import LocalBackend, on_client_done
 from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.world import build_world, initial_progress
 from sfprompt.results.experiment import run_experiment
@@ -43,7 +43,7 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
                 backends[-1].server is not None))
         return backends[-1]
 
-    dirs = {}
+    dirs, settled = {}, {}
     # With the body on a server actor: two client actors sharing the one CPU it leaves,
     # so that server requests from different clients really interleave. With the body in
     # the client actors, each computes its own clients' body steps.
@@ -52,7 +52,8 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
         cfg = load_config(None, tiny + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
                                         f"run.backend={backend}", "ray.num_client_actors=2",
                                         "run.threads=1", f"ray.body={body}"])
-        dirs[name] = run_experiment(cfg, make_backend=factory)
+        with on_client_done(lambda *call, name=name: settled.setdefault(name, []).append(call)):
+            dirs[name] = run_experiment(cfg, make_backend=factory)
     local, reference = read_rounds(dirs["local"]), read_clients(dirs["local"])
     columns, client_columns = metric_columns(local), metric_columns(reference)
     assert {"accuracy", "train_loss", "bytes.smashed_up", "flops.server",
@@ -64,6 +65,10 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
         pd.testing.assert_frame_equal(read_clients(dirs[name])[client_columns],
                                       reference[client_columns], check_exact=True)
 
+    # Progress inside a round: every client reported as it settled, on every backend.
+    per_round = read_rounds(dirs["local"])["participants"].tolist()
+    assert all(settled[name] == [(i, n) for n in per_round for i in range(1, n + 1)]
+               for name in dirs)
     assert isinstance(backends[0], LocalBackend)
     on_server, in_clients = backends[1], backends[3]
     assert isinstance(on_server, RayBackend) and "node" in on_server.server_placement
