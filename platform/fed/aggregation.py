@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sfprompt.platform.config.schema import FedConfig
-from sfprompt.platform.method.client import STATISTICS
+from sfprompt.platform.method.client import is_statistic
 from sfprompt.platform.registry import Registry
 
 State = dict[str, torch.Tensor]
@@ -91,10 +91,6 @@ Step = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], FedConfig]
                 tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def _is_statistic(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in STATISTICS
-
-
 def _server_optimizer(step: Step) -> Aggregation:
     """A rule that averages the clients' states, then moves the global state by `step`
     with the pseudo-gradient Δ = average − global; statistics take the average."""
@@ -108,7 +104,7 @@ def _server_optimizer(step: Step) -> Aggregation:
         new_memory: Memory = {}
         for name, avg in average.items():
             dtype = states[0][name].dtype
-            if _is_statistic(name):
+            if is_statistic(name):
                 new_state[name] = avg.to(dtype)
                 continue
             x = global_state[name].double()

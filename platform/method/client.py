@@ -8,7 +8,7 @@ Ray actor) serves any number of simulated clients.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,22 +48,32 @@ class ClientResult:
     server_flops: int = 0  # filled in by the coordinator from the server's counter
 
 
-def parameters_by_name(model: torch.nn.Module, trainable: bool) -> State:
-    """The (detached) parameters of `model` that train, or those that do not."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad == trainable}
+def parameters_by_name(named: Mapping[str, torch.nn.Parameter], trainable: bool) -> State:
+    """The (detached) parameters of `named` that train, or those that do not."""
+    return {n: p.detach() for n, p in named.items() if p.requires_grad == trainable}
 
 
 # Buffers learned from data (split.ProbeNorm's): they travel and are averaged like weights.
 STATISTICS = ("running_mean", "running_var")
 
 
-def client_state(model: torch.nn.Module) -> State:
-    """The state a client trains and uploads, by name (`head.prompts`, `tail.*`): its
-    trainable parameters and the running statistics of its normalisation."""
-    state = parameters_by_name(model, trainable=True)
-    state.update({n: b.detach() for n, b in model.named_buffers()
-                  if n.rsplit(".", 1)[-1] in STATISTICS})
+def is_statistic(name: str) -> bool:
+    """A buffer (or state entry) that is one of the `STATISTICS`."""
+    return name.rsplit(".", 1)[-1] in STATISTICS
+
+
+def trained_state(parameters: Mapping[str, torch.nn.Parameter],
+                  buffers: Mapping[str, torch.Tensor]) -> State:
+    """The state a client trains and uploads, by name (`head.prompts`, `tail.*`): the
+    trainable `parameters` and the running statistics among `buffers`."""
+    state = parameters_by_name(parameters, trainable=True)
+    state.update({n: b.detach() for n, b in buffers.items() if is_statistic(n)})
     return state
+
+
+def client_state(model: torch.nn.Module) -> State:
+    """`trained_state` of `model`."""
+    return trained_state(dict(model.named_parameters()), dict(model.named_buffers()))
 
 
 class ClientWorker:
@@ -80,9 +90,8 @@ class ClientWorker:
         # By name, walked once: every client's load, state and optimizer look them up,
         # and walking the modules each time costs more than a small client's step.
         self.named_parameters = dict(self.client_model.named_parameters())
-        self._statistics = {n: b for n, b in self.client_model.named_buffers()
-                            if n.rsplit(".", 1)[-1] in STATISTICS}
-        self._loadable = {**self.named_parameters, **dict(self.client_model.named_buffers())}
+        self._buffers = dict(self.client_model.named_buffers())
+        self._loadable = {**self.named_parameters, **self._buffers}
         # FLOPs of each distinct step, counted once for every client this worker serves
         # (wire.flops.Flops); None counts every step afresh.
         self.flop_cache: dict | None = {}
@@ -99,13 +108,11 @@ class ClientWorker:
 
     def state(self) -> State:
         """What trains on the client and travels (client_state)."""
-        state = {n: p.detach() for n, p in self.named_parameters.items() if p.requires_grad}
-        state.update({n: b.detach() for n, b in self._statistics.items()})
-        return state
+        return trained_state(self.named_parameters, self._buffers)
 
     def frozen_state(self) -> State:
         """The client-side parameters that never train: sent once, on a first visit."""
-        return {n: p.detach() for n, p in self.named_parameters.items() if not p.requires_grad}
+        return parameters_by_name(self.named_parameters, trainable=False)
 
     @torch.no_grad()
     def load(self, state: State) -> None:
