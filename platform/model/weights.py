@@ -38,7 +38,7 @@ from timm.models.vision_transformer import (VisionTransformer, checkpoint_filter
 from sfprompt.platform.atomic import atomic_write_bytes
 from sfprompt.platform.errors import ConfigError, SfpromptError, one_line
 from sfprompt.platform.model import dinov2_onnx
-from sfprompt.platform.model.split import check_splittable
+from sfprompt.platform.model.split import check_splittable, classifier_names
 from sfprompt.platform.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def _hub(name: str, *, num_classes: int, img_size: int) -> VisionTransformer:
         raise SfpromptError(f"model.weights='hub': cannot get {name} weights: {one_line(err, 300)}") from err
     # timm keeps the pretrained head when its size happens to equal num_classes
     # (ImageNet's 1000); it belongs to another task.
-    for head in _classifier_modules(model):
+    for head in (getattr(model, name) for name in classifier_names(model)):
         head.apply(init_weights_vit_timm)
     return model
 
@@ -217,11 +217,6 @@ def _require_hub(name: str) -> None:
             f"model.weights='hub': cannot reach {url.hostname} for {name} ({err}); "
             "use 'offline', 'random' or a local checkpoint path"
         ) from err
-
-
-def _classifier_modules(model: VisionTransformer) -> tuple[torch.nn.Module, ...]:
-    classifier = model.get_classifier()  # a tuple for distilled models (head, head_dist)
-    return classifier if isinstance(classifier, tuple) else (classifier,)
 
 
 def _few(keys: list[str], n: int = 5) -> str:
