@@ -95,8 +95,7 @@ class RayBackend:
         try:
             # Methods that do not split (fl, ...) never call a server, and with the body in
             # the client actors (ray.body) nothing does: then no server actor is started.
-            body = None if self.method.client_body else body_placement(
-                cfg, self.method.server_trains)
+            body = None if self.method.client_body else body_placement(cfg, self.method)
             options = server_options(cfg.ray) if body == "server" else {"num_cpus": 0}
             # A split method's pool is sized as if the server actor held its CPU wherever
             # the body is: each actor then runs as many threads either way, and so (thread

@@ -16,7 +16,9 @@ import uuid
 import ray
 
 from sfprompt.platform.config.schema import Config, RayConfig
+from sfprompt.platform.config.validate import server_actor_reasons
 from sfprompt.platform.errors import ConfigError, first_line
+from sfprompt.platform.method.registry import Method
 
 # Seconds to wait for a TCP connection to `ray.address` before calling it unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -57,16 +59,15 @@ def check_reachable(address: str) -> None:
                           f"({err.strerror or type(err).__name__})") from None
 
 
-def body_placement(cfg: Config, server_trains: bool) -> str:
+def body_placement(cfg: Config, method: Method) -> str:
     """`ray.body` resolved: "server" or "clients". Auto keeps the server actor where it is
-    needed (a body that trains, a server resource or crash asked for) or pays (a GPU to
-    run the body on); else every client actor computes its own clients' body steps with
-    a copy of the frozen body, since a shared server process on the same CPUs only adds
-    messages, copies and clients waiting on it."""
+    needed (validate.server_actor_reasons: a body that trains, a server resource or crash
+    asked for) or pays (a GPU to run the body on); else every client actor computes its
+    own clients' body steps with a copy of the frozen body, since a shared server process
+    on the same CPUs only adds messages, copies and clients waiting on it."""
     if cfg.ray.body != "auto":
         return cfg.ray.body
-    needs_server = (server_trains or bool(cfg.ray.server_resource)
-                    or cfg.faults.server_crash_round > 0
+    needs_server = (bool(server_actor_reasons(cfg, method))
                     or ray.cluster_resources().get("GPU", 0) >= 1)
     return "server" if needs_server else "clients"
 

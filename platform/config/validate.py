@@ -119,19 +119,25 @@ def _validate_server_optimizer(cfg: Config) -> None:
            f"must be a number >= 0, got {f.prox_mu}")
 
 
+def server_actor_reasons(cfg: Config, method) -> list[str]:
+    """Why a split `method`'s body must be one server actor under `cfg`, whatever the
+    cluster (none: a copy may go to every client actor; ray.body, actors/cluster.py)."""
+    return [why for needed, why in (
+        (method.server_trains, f"train.method = {cfg.train.method!r} trains the body, which "
+                               "must then live in one server actor"),
+        (bool(cfg.ray.server_resource), "ray.server_resource asks for a server actor"),
+        (cfg.faults.server_crash_round > 0, "faults.server_crash_round crashes the server "
+                                            "actor")) if needed]
+
+
 def _validate_body(cfg: Config, method) -> None:
     """`ray.body = "clients"` copies a frozen body into the client actors: nothing may
-    need the one server actor (a body that trains, a server resource, a server crash)."""
+    need the one server actor."""
     if cfg.ray.body != "clients" or method.client_body:
         return
-    for needs_server, why in ((method.server_trains, f"train.method = {cfg.train.method!r} "
-                               "trains the body, which must then live in one server actor"),
-                              (bool(cfg.ray.server_resource), "ray.server_resource asks for "
-                               "a server actor"),
-                              (cfg.faults.server_crash_round > 0, "faults.server_crash_round "
-                               "crashes the server actor")):
-        _check(not needs_server, "ray.body", f"'clients' needs a frozen body and no server "
-               f"actor, but {why}; use 'server' or 'auto'")
+    reasons = server_actor_reasons(cfg, method)
+    _check(not reasons, "ray.body", f"'clients' needs a frozen body and no server actor, but "
+           f"{reasons[0] if reasons else ''}; use 'server' or 'auto'")
 
 
 def _validate_clock(cfg: Config) -> None:

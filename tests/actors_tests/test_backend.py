@@ -16,6 +16,7 @@ from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.loop.backend import LocalBackend, on_client_done
 from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.world import build_world, initial_progress
+from sfprompt.platform.method.registry import METHODS
 from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
@@ -217,11 +218,11 @@ def test_resources_of_server_and_pool(ray_instance):
 
 def test_auto_body_placement_keeps_a_server_actor_only_where_one_is_needed(
         ray_instance, tiny, monkeypatch):
-    def placement(*items: str, server_trains: bool = False) -> str:
-        return body_placement(load_config(None, tiny + list(items)), server_trains)
+    def placement(*items: str, method: str = "sfprompt") -> str:
+        return body_placement(load_config(None, tiny + list(items)), METHODS[method])
 
     assert placement() == "clients"  # a frozen body, CPUs only
-    assert placement(server_trains=True) == "server"  # sfl: one body that trains
+    assert placement(method="sfl") == "server"  # one body that trains
     assert placement("faults.server_crash_round=1") == "server"
     assert placement("ray.server_resource=server_gpu") == "server"
     assert placement("ray.body=server") == "server"
