@@ -33,8 +33,8 @@ from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.rows import client_rows
 from sfprompt.platform.loop.world import World, build_world, initial_progress
 from sfprompt.results.checkpoint import load_checkpoint, save_checkpoint
-from sfprompt.results.rundir import (attach_run_log, create_run_dir, run_info, write_config_toml,
-                                     write_run_json)
+from sfprompt.results.rundir import (attach_run_log, create_run_dir, require_run_dir, run_info,
+                                     write_config_toml, write_run_json)
 from sfprompt.results.tables import write_clients, write_rounds
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,7 @@ def resume_experiment(run_dir: str | Path, on_round: Callable[[dict], None] = la
                       make_backend: Callable[[World], Backend] | None = None) -> Path:
     """Continue the run in `run_dir` after its last checkpointed round (from round 1 if
     it has none), with the config it recorded, appending to the same directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file() or not (run_dir / "run.json").is_file():
-        raise SfpromptError(f"{run_dir}: not a run directory (no config.toml or run.json)")
+    run_dir = require_run_dir(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     if info.get("status") == "completed":
         raise SfpromptError(f"{run_dir}: the run already completed; nothing to resume")

@@ -70,6 +70,15 @@ def create_run_dir(out_dir: str | Path, run_id: str | None = None) -> Path:
     raise SfpromptError(f"run directory {path} already exists; pick another run id")
 
 
+def require_run_dir(path: str | Path) -> Path:
+    """`path` as a Path, if it is a run directory (its config.toml and run.json are
+    there); else a one-line error naming it."""
+    path = Path(path)
+    if not (path / "config.toml").is_file() or not (path / "run.json").is_file():
+        raise SfpromptError(f"{path}: not a run directory (no config.toml or run.json)")
+    return path
+
+
 def git_state(directory: str | Path) -> dict[str, Any]:
     """`{"commit", "dirty"}` of the git checkout rooted at `directory`, else Nones.
 

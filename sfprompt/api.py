@@ -144,10 +144,8 @@ def on_client_done(hook: Callable[[int, int], None]):
 
 def load_run(dir: str | Path) -> Run:
     """The run in `dir`, a directory `run` or `sfprompt run` wrote."""
-    dir = Path(dir)
-    if not (dir / "config.toml").is_file() or not (dir / "run.json").is_file():
-        raise SfpromptError(f"{dir}: not a run directory (no config.toml or run.json)")
-    return Run(dir)
+    from sfprompt.results.rundir import require_run_dir
+    return Run(require_run_dir(dir))
 
 
 def resume(dir: str | Path, *, on_round: OnRound | None = None) -> Run:
