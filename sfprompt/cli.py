@@ -51,8 +51,6 @@ def _clients_bar() -> Iterator[None]:
         yield
         return
     from tqdm import tqdm
-
-    from sfprompt.platform.loop.backend import on_client_done
     bar = None
 
     def advance(settled: int, total: int) -> None:
@@ -66,7 +64,7 @@ def _clients_bar() -> Iterator[None]:
             bar = None
 
     try:
-        with on_client_done(advance):
+        with api.on_client_done(advance):
             yield
     finally:
         if bar is not None:
