@@ -4,8 +4,8 @@
 
 Each registered-client count runs in a fresh process with its own local Ray instance
 (the ray backend's default), so memory figures do not carry over. A client is a shard
-of indices plus a profile in the coordinator, never a process: the pool stays one
-server actor and (CPUs - 1) client actors whatever the count.
+of indices plus a profile in the coordinator, never a process: the pool stays (CPUs - 1)
+client actors (holding the frozen body, ray.body = auto) whatever the count.
 
 Every client holds the same amount of data at every count (`--samples-per-client`), so
 that wall time per round compares registration, not work. The 4,000 MNIST training
