@@ -33,7 +33,7 @@ def save_png(fig: Figure, path: Path, dpi: int = 120, layout: bool = False) -> P
     return path
 
 
-def _cumulative(rounds: pd.DataFrame) -> pd.DataFrame:
+def cumulative(rounds: pd.DataFrame) -> pd.DataFrame:
     """Per run: cumulative megabytes (all kinds) next to each round's accuracy."""
     out = rounds.assign(variant=variants(rounds)).sort_values(["variant", "run.seed", "round"])
     out["mb"] = (out["bytes.up"] + out["bytes.down"]) / MB
@@ -45,7 +45,7 @@ def compare_plots(rounds: pd.DataFrame, out_dir: str | Path,
                   order: list[str] | None = None) -> list[Path]:
     """Accuracy against round, cumulative traffic and simulated time, by variant
     (results/summary.py: the method where runs vary in nothing else)."""
-    mean = _cumulative(rounds).groupby(["variant", "round"], as_index=False)[
+    mean = cumulative(rounds).groupby(["variant", "round"], as_index=False)[
         ["accuracy", "mb", "sim.elapsed_seconds"]].mean()
     mean = mean.dropna(subset=["accuracy"])  # rounds without evaluation (eval.every)
     methods = in_order(mean["variant"], order)

@@ -177,8 +177,9 @@ def _ratio(row: pd.Series, metric: str) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.4g}x"
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """The table a person reads: the headline columns, scaled to MB and GFLOP."""
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The table a person reads: the headline columns as text, scaled to MB and GFLOP
+    (compare.md and the HTML report)."""
     header = ["method", "runs", "final acc", "best acc", "rounds to target", "MB to target",
               "client GFLOP/round", "client GFLOP total", "client FLOPs vs fl", "MB/round",
               "MB total", "traffic vs fl", "one-off MB", "sim s"]
@@ -193,9 +194,19 @@ def to_markdown(table: pd.DataFrame) -> str:
                  m("bytes.round", MB, 2), m("bytes.total", MB, 1), _ratio(r, "bytes.total"),
                  m("bytes.frozen_download.total", MB, 1), m("sim.elapsed", 1.0, 1)]
         rows.append(cells)
+    return pd.DataFrame(rows, columns=header)
+
+
+def about(table: pd.DataFrame) -> str:
+    """The sentence that goes above the headline table."""
     return (f"Target accuracy {table['target'].iloc[0]:.4f}; mean ± std over seeds; "
-            "'rounds/MB to target' over the seeds that reach it.\n\n"
-            + markdown_table(header, rows) + "\n")
+            "'rounds/MB to target' over the seeds that reach it.")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    text = headline(table)
+    return (about(table) + "\n\n"
+            + markdown_table(list(text.columns), text.itertuples(index=False)) + "\n")
 
 
 def write_compare(compare_dir: str | Path, target: float | None = None,

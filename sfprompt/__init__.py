@@ -19,20 +19,20 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isdir(
 ):
     __path__.append(_root)  # noqa: F821 - __path__ is set for packages
 
-# The Python API (api.py), imported on first use of one of its names: every command and
-# results/rundir.py (for __version__) import this root, so it imports nothing itself.
-_API = ("run", "load_run", "resume", "config", "compare", "study", "cost", "on_client_done",
-        "Run", "ConfigError", "SfpromptError")
+# The Python API (api.py: the names of its __all__), imported on first use: every command
+# and results/rundir.py (for __version__) import this root, so it imports nothing itself.
 
 
 def __getattr__(name):
-    if name in _API:
-        # By name, not `from sfprompt import api`: this root stays a module every other
-        # may import (results/rundir.py reads __version__) without an import cycle.
-        import importlib
-        return getattr(importlib.import_module("sfprompt.api"), name)
+    # By name, not `from sfprompt import api`: this root stays a module every other may
+    # import (results/rundir.py reads __version__) without an import cycle.
+    import importlib
+    api = importlib.import_module("sfprompt.api")
+    if name in api.__all__:
+        return getattr(api, name)
     raise AttributeError(f"module 'sfprompt' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_API])
+    import importlib
+    return sorted([*globals(), *importlib.import_module("sfprompt.api").__all__])

@@ -7,6 +7,7 @@
     compare(methods, seeds, config=None, **overrides) -> DataFrame   like `sfprompt compare`
     study(spec_path, dir=None, parallel=None) -> DataFrame           like `sfprompt study run`
     cost(config=None, **overrides) -> DataFrame                      like `sfprompt cost`
+    report(dir, target=None) -> Path              report.html of a run, comparison or study
     on_client_done(hook)                          context: hook(settled, total) per client
 
 `config` is a TOML path, a `Config` (e.g. an earlier run's `Run.config`) or None (the
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from sfprompt.platform.config.schema import Config
 
 __all__ = ["Run", "run", "load_run", "resume", "config", "compare", "study", "cost",
-           "on_client_done", "ConfigError", "SfpromptError", "COMPARE_METHODS",
+           "report", "on_client_done", "ConfigError", "SfpromptError", "COMPARE_METHODS",
            "COST_METHODS"]
 
 # The CLI's defaults (its --methods and --seeds say the same).
@@ -155,16 +156,6 @@ def resume(dir: str | Path, *, on_round: OnRound | None = None) -> Run:
                                  make_backend=_make_backend))
 
 
-def _comparison_files(compare_dir: Path, target: float | None,
-                      order: list[str] | None) -> tuple[pd.DataFrame, list[Path]]:
-    """Write compare.parquet, compare.md and the plots of `compare_dir`; the table and
-    the plots' paths (the CLI's `compare` and `report` print them)."""
-    from sfprompt.results.plots import compare_plots
-    from sfprompt.results.summary import load_compare, write_compare
-    table = write_compare(compare_dir, target, order)
-    return table, compare_plots(load_compare(compare_dir), compare_dir, order)
-
-
 def compare(methods: Sequence[str] = COMPARE_METHODS, seeds: Sequence[int] = COMPARE_SEEDS,
             config: str | Path | Config | None = None, *, target: float | None = None,
             on_run: Callable[[int, int, Config], None] | None = None,
@@ -178,7 +169,9 @@ def compare(methods: Sequence[str] = COMPARE_METHODS, seeds: Sequence[int] = COM
     compare_dir = run_compare(cfg, methods, seeds, on_run=on_run or (lambda i, n, c: None),
                               on_round=on_round or (lambda row: None),
                               make_backend=_make_backend)
-    table, _ = _comparison_files(compare_dir, target, methods)
+    from sfprompt.results.atomic import read_parquet
+    report_files(compare_dir, target, methods)
+    table = read_parquet(compare_dir / "compare.parquet")
     table.attrs["dir"] = str(compare_dir)  # a str: to_parquet stores attrs as JSON
     return table
 
@@ -187,6 +180,8 @@ def study(spec_path: str | Path, dir: str | Path | None = None, parallel: int | 
           *, on_trial: Callable | None = None) -> pd.DataFrame:
     """Run the study file `spec_path` into `dir` (default runs/studies/<name>) and write
     its exports, as `sfprompt study run` does; returns trials.parquet, one row per trial.
+    `on_trial(trial, done, total)` is called as each trial ends (an optuna FrozenTrial;
+    trials counted against the budget so far, resumed sessions included; the budget).
     `table.attrs["dir"]` is the study directory; `sfprompt study resume` continues it."""
     from sfprompt.results.atomic import read_parquet
     from sfprompt.studies.export import TRIALS_FILE, export_study
@@ -207,3 +202,37 @@ def cost(config: str | Path | Config | None = None, *, methods: Sequence[str] = 
 
     from sfprompt.platform.sim.costmodel import cost_table
     return pd.DataFrame(cost_table(_resolve(config, overrides), list(methods), samples, classes))
+
+
+def report_files(dir: str | Path, target: float | None = None,
+                 order: Sequence[str] | None = None) -> list[Path]:
+    """What `report` writes, report.html last: a run's PNG plots; a comparison's table
+    (compare.parquet/.md; `target` as in `compare`, `order` its methods) and plots; a
+    study's exports."""
+    from sfprompt.results.report import write_report
+    from sfprompt.results.tables import ROUNDS
+    from sfprompt.studies.storage import SPEC_FILE
+    where = Path(dir)
+    if (where / SPEC_FILE).is_file():
+        from sfprompt.studies.export import export_study
+        from sfprompt.studies.report import write_study_report
+        return [*export_study(where), write_study_report(where)]
+    if (where / ROUNDS.filename).is_file():
+        from sfprompt.results.plots import run_plots
+        from sfprompt.results.tables import read_rounds
+        return [*run_plots(read_rounds(where), where), write_report(where)]
+    if not where.is_dir():
+        raise SfpromptError(f"{where}: not a run, comparison or study directory")
+    from sfprompt.results.plots import compare_plots
+    from sfprompt.results.summary import load_compare, write_compare
+    write_compare(where, target, order)
+    plots = compare_plots(load_compare(where), where, order)
+    return [where / "compare.parquet", where / "compare.md", *plots,
+            write_report(where, target, order)]
+
+
+def report(dir: str | Path, target: float | None = None) -> Path:
+    """Write `dir/report.html`, one self-contained page (tables and interactive plots,
+    readable offline) of the run, comparison or study directory `dir`, with the
+    directory's other exports (`report_files`); returns the page's path."""
+    return report_files(dir, target)[-1]

@@ -9,7 +9,7 @@
     sfprompt study export DIR                         trials.parquet, Pareto front, plots
     sfprompt compare [--config FILE] [--methods a,b] [--seeds 0,1,2] [--target ACC] [key=value ...]
                                                       every method x seed, one table + plots
-    sfprompt report DIR [--target ACC]                plots of a run; table + plots of a comparison
+    sfprompt report DIR [--target ACC]                report.html (+ PNGs, tables) of a run, comparison or study
     sfprompt cost [--config FILE] [--samples N] [--classes C] [--methods a,b] [key=value ...]
                                                       bytes and FLOPs of one client's round, no compute
 
@@ -125,13 +125,14 @@ def cmd_profiles(args) -> int:
 
 
 def _trial_printer(objectives):
-    def show(trial) -> None:
+    def show(trial, done: int, total: int) -> None:
         values = "  ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, trial.values or []))
         reason = trial.user_attrs.get("fail_reason", "")
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in trial.params.items())
-        print(f"trial {trial.number:>4} {trial.state.name.lower():<8} {seconds:7.1f} s  {params}"
+        print(f"[{done}/{total}] trial {trial.number:>4} {trial.state.name.lower():<8} "
+              f"{seconds:7.1f} s  {params}"
               f"{'  ' + values if values else ''}{'  (' + reason + ')' if reason else ''}",
               flush=True)
     return show
@@ -185,11 +186,13 @@ def _seeds(text: str) -> list[int]:
         raise SfpromptError(f"--seeds: expected integers like 0,1,2, got {text!r}") from None
 
 
-def _compare_outputs(compare_dir, target: float | None, order: list[str] | None) -> int:
-    _, plots = api._comparison_files(compare_dir, target, order)
-    print((compare_dir / "compare.md").read_text(), end="")
-    print("results:\n" + "\n".join(f"  {p}" for p in
-                                    [compare_dir / "compare.parquet", compare_dir / "compare.md", *plots]))
+def _print_report(files: list, dir) -> int:
+    """A comparison's table, then every file written (report.html last)."""
+    from pathlib import Path
+    table = Path(dir) / "compare.md"
+    if table in files:
+        print(table.read_text(), end="")
+    print("results:\n" + "".join(f"  {p}\n" for p in files), end="")
     return 0
 
 
@@ -204,22 +207,11 @@ def cmd_compare(args) -> int:
 
     compare_dir = run_compare(cfg, methods, seeds, on_run=announce,
                               on_round=_progress(cfg.fed.rounds), make_backend=make_backend)
-    return _compare_outputs(compare_dir, args.target, methods)
+    return _print_report(api.report_files(compare_dir, args.target, methods), compare_dir)
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from sfprompt.results.plots import run_plots
-    from sfprompt.results.tables import ROUNDS, read_rounds
-    target = Path(args.dir)
-    if (target / ROUNDS.filename).is_file():
-        paths = run_plots(read_rounds(target), target)
-        print("plots:\n" + "\n".join(f"  {p}" for p in paths))
-        return 0
-    if not target.is_dir():
-        raise SfpromptError(f"{target}: not a run or comparison directory")
-    return _compare_outputs(target, args.target, None)
+    return _print_report(api.report_files(args.dir, args.target), args.dir)
 
 
 def cmd_cost(args) -> int:
@@ -256,7 +248,8 @@ def _add_comparison_commands(sub) -> None:
                    help="target accuracy (default 0.8 x the best accuracy of any run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("report", help="plots of a run directory, or table + plots of a comparison")
+    p = sub.add_parser("report", help="report.html, plots and tables of a run, comparison or "
+                       "study directory")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--target", type=float, help="target accuracy of a comparison's table")
     p.set_defaults(fn=cmd_report)

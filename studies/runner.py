@@ -33,7 +33,8 @@ from sfprompt.studies.trial import TrialOutcome, TrialRequest, execute_trial, op
 
 log = logging.getLogger(__name__)
 DEFAULT_PARENT = Path("runs") / "studies"
-OnTrial = Callable[[FrozenTrial], None]
+# (trial just told, trials that count against the budget so far, the budget n_trials)
+OnTrial = Callable[[FrozenTrial, int, int], None]
 
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
@@ -112,7 +113,8 @@ def run_study(study_dir: str | Path, parallel: int | None = None,
         recover_interrupted(study)
         try:
             with _executor(spec, study_dir, study, parallel, make_executor) as executor:
-                _drive(study, spec, study_dir, executor, parallel, on_trial or (lambda t: None))
+                _drive(study, spec, study_dir, executor, parallel,
+                       on_trial or (lambda t, done, total: None))
         except KeyboardInterrupt:
             recover_interrupted(study)  # this process is the only driver: ours are dead
             raise
@@ -133,9 +135,12 @@ def _executor(spec: StudySpec, study_dir: Path, study: optuna.Study, parallel: i
     return make_executor(parallel, spec.cpus_per_trial, pruning)
 
 
+def _counted(study: optuna.Study) -> int:
+    return sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False))
+
+
 def _remaining(study: optuna.Study, spec: StudySpec, executor: Executor) -> int:
-    done = sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False))
-    return spec.n_trials - done - executor.running
+    return spec.n_trials - _counted(study) - executor.running
 
 
 def _drive(study: optuna.Study, spec: StudySpec, study_dir: Path, executor: Executor,
@@ -157,7 +162,8 @@ def _drive(study: optuna.Study, spec: StudySpec, study_dir: Path, executor: Exec
         if not executor.running:
             return
         trial, outcome = executor.next_done()
-        on_trial(_tell(study, trial, outcome))
+        told = _tell(study, trial, outcome)
+        on_trial(told, _counted(study), spec.n_trials)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:

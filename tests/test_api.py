@@ -139,13 +139,13 @@ def test_compare_returns_the_table_it_writes_and_report_prints(tmp_path, capsys)
     assert where.parent == tmp_path and len(table) == 1
     pd.testing.assert_frame_equal(read_parquet(where / "compare.parquet"), table)
     assert (where / "sfprompt-seed0" / "rounds.parquet").is_file()
-    # `sfprompt report` (like `compare`) writes and prints through api._comparison_files.
+    # `sfprompt report` (like `compare`) writes and prints through api.report_files.
     assert main(["report", str(where)]) == 0
     out = capsys.readouterr().out
     assert out.startswith((where / "compare.md").read_text())
     assert out.endswith("results:\n" + "".join(f"  {where / name}\n" for name in (
         "compare.parquet", "compare.md", "accuracy_vs_round.png", "accuracy_vs_bytes.png",
-        "accuracy_vs_time.png")))
+        "accuracy_vs_time.png", "report.html")))
 
 
 def test_the_run_and_resume_commands_go_through_the_api(tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+import sfprompt
 from sfprompt.cli import main
 from sfprompt.platform.config.load import replace
 from sfprompt.platform.config.schema import Config
@@ -221,3 +222,16 @@ def test_parallel_trials_need_the_ray_executor(write_study, tmp_path):
     with pytest.raises(SfpromptError, match=r"^parallel\.trials: 2 trials at once need "
                                             r"make_executor=sfprompt\.actors\.trials\.RayExecutor"):
         start_study(path, tmp_path / "s")
+
+
+def test_each_ended_trial_reports_the_trials_done_of_the_budget(tmp_path, fake_runs, write_study,
+                                                                 capsys):
+    calls = []
+    sfprompt.study(write_study(budget={"n_trials": 3}), tmp_path / "s",
+                   on_trial=lambda t, done, total: calls.append((t.number, done, total)))
+    assert calls == [(0, 1, 3), (1, 2, 3), (2, 3, 3)]
+    # The command prints it: a resumed study with a larger budget counts on from 3.
+    spec = tmp_path / "s" / "study.toml"
+    spec.write_text(spec.read_text().replace("n_trials = 3", "n_trials = 4"))
+    assert main(["study", "resume", str(tmp_path / "s")]) == 0
+    assert "[4/4] trial    3 complete" in capsys.readouterr().out
