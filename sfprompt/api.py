@@ -8,6 +8,7 @@
     study(spec_path, dir=None, parallel=None) -> DataFrame           like `sfprompt study run`
     cost(config=None, **overrides) -> DataFrame                      like `sfprompt cost`
     report(dir, target=None) -> Path              report.html of a run, comparison or study
+    models(pattern="*") -> dict[str, str | None]  timm ViTs: None if split, else why not
     on_client_done(hook)                          context: hook(settled, total) per client
 
 `config` is a TOML path, a `Config` (e.g. an earlier run's `Run.config`) or None (the
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from sfprompt.platform.config.schema import Config
 
 __all__ = ["Run", "run", "load_run", "resume", "config", "compare", "study", "cost",
-           "report", "on_client_done", "ConfigError", "SfpromptError", "COMPARE_METHODS",
+           "report", "models", "on_client_done", "ConfigError", "SfpromptError", "COMPARE_METHODS",
            "COST_METHODS"]
 
 # The CLI's defaults (its --methods and --seeds say the same).
@@ -236,3 +237,17 @@ def report(dir: str | Path, target: float | None = None) -> Path:
     readable offline) of the run, comparison or study directory `dir`, with the
     directory's other exports (`report_files`); returns the page's path."""
     return report_files(dir, target)[-1]
+
+
+def models(pattern: str = "*", *, on_model: Callable[[str], None] | None = None
+           ) -> dict[str, str | None]:
+    """Every timm architecture matching `pattern` (fnmatch, as `timm.list_models`) that
+    is built as a VisionTransformer, mapped to None where the split takes it and to the
+    one-line reason `model.name` would be refused otherwise, as `sfprompt models` lists
+    them. Checked on the meta device; `on_model(name)` is called before each check."""
+    from sfprompt.platform.model.weights import split_refusal, vit_candidates
+    out = {}
+    for name in vit_candidates(pattern):
+        (on_model or (lambda n: None))(name)
+        out[name] = split_refusal(name)
+    return out

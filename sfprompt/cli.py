@@ -4,6 +4,7 @@
     sfprompt resume RUN_DIR                           continue a killed, interrupted or failed run
     sfprompt config [--config FILE] [key=value ...]   print the resolved configuration
     sfprompt profiles                                 list the device and server tiers
+    sfprompt models [PATTERN] [--refused]             timm ViT names the split takes
     sfprompt study run FILE [--dir DIR] [--parallel N]  run an Optuna study (studies/)
     sfprompt study resume DIR [--parallel N]          continue a stopped or killed study
     sfprompt study export DIR                         trials.parquet, Pareto front, plots
@@ -102,6 +103,20 @@ def cmd_config(args) -> int:
 
     from sfprompt.platform.config.dotted import to_dict
     print(tomli_w.dumps(to_dict(_config(args))), end="")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from tqdm import tqdm
+    bar = tqdm(desc="checking", unit="model", leave=False, file=sys.stderr,
+               disable=not sys.stderr.isatty())
+    found = api.models(args.pattern, on_model=lambda name: bar.update())
+    bar.close()
+    for name, why in found.items():
+        if why is None or args.refused:
+            print(name if why is None else f"{name}  (refused: {why})")
+    if not any(why is None for why in found.values()):
+        raise SfpromptError(f"no timm ViT the split takes matches {args.pattern!r}")
     return 0
 
 
@@ -277,6 +292,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="RUN_DIR")
     p.set_defaults(fn=cmd_resume)
     sub.add_parser("profiles", help="list the device and server tiers").set_defaults(fn=cmd_profiles)
+    p = sub.add_parser("models", help="timm ViT names the split takes (checked on meta tensors)")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default *)")
+    p.add_argument("--refused", action="store_true", help="also list refused ones, with why")
+    p.set_defaults(fn=cmd_models)
     study = sub.add_parser("study", help="Optuna studies over split, prompt, keep, ...")
     actions = study.add_subparsers(dest="action", required=True)
     for action, target, help_ in (("run", "FILE", "run the study file FILE"),

@@ -202,3 +202,21 @@ def test_a_terminal_gets_a_bar_of_the_rounds_clients_and_a_pipe_does_not(tmp_pat
     # tqdm redraws at most every 0.1 s and clears itself when the round ends (leave=False),
     # so what shows is the bar over the round's 3 clients, not every step of it.
     assert re.search(r"clients: +0%.*\b0/3 \[", err), err
+
+
+def test_models_lists_the_timm_vits_the_split_takes_and_says_why_not(capsys):
+    # timm's test models: three build with dynamic_img_size=True, which validation refuses.
+    found = sfprompt.models("test_vit*")
+    assert found == {"test_vit": "dynamic image size ViTs are not supported",
+                     "test_vit2": "dynamic image size ViTs are not supported",
+                     "test_vit3": None,
+                     "test_vit4": "dynamic image size ViTs are not supported"}
+    assert main(["models", "test_vit*"]) == 0
+    assert capsys.readouterr().out == "test_vit3\n"
+    # Each listed name passes validation as model.name; a refused one fails with its reason.
+    sfprompt.config(**{**TINY, "model.name": "test_vit3"})
+    with pytest.raises(ConfigError, match="model.name: dynamic image size"):
+        sfprompt.config(**{**TINY, "model.name": "test_vit"})
+    # Only families built as a VisionTransformer are candidates: EVA-02 is not one.
+    assert sfprompt.models("eva02_tiny*") == {}
+    assert main(["models", "eva02_tiny*"]) == 2

@@ -223,7 +223,6 @@ CONFIG_CASES = [
     overrides("model.name=vit_does_not_exist"),
     overrides("model.name=resnet18", names=("model.name", "VisionTransformer")),
     # ViT families the split does not handle, refused before anything runs.
-    overrides("model.name=vit_base_patch16_siglip_224", names=("model.name", "MAP heads")),
     overrides("model.name=eva02_tiny_patch14_224", names=("model.name", "Eva")),
     overrides("model.name=vit_relpos_small_patch16_224",
               names=("model.name", "VisionTransformerRelPos")),

@@ -5,8 +5,8 @@ import torch
 
 # Small random-init ViTs covering the layouts the split must handle: class token with
 # position embedding over it (ViT), DINOv2-style layer scale, DeiT-3 (no_embed_class +
-# layer scale), register tokens, average pooling without a class token, and DeiT's
-# distillation token and second classifier.
+# layer scale), register tokens, average pooling without a class token, DeiT's
+# distillation token and second classifier, and SigLIP's attention pool (MAP head).
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=3, num_classes=5)
 VARIANTS = {
     "vit": ("vit_tiny_patch16_224", {}),
@@ -15,6 +15,7 @@ VARIANTS = {
     "reg4": ("vit_small_patch14_reg4_dinov2", {"init_values": 0.5}),
     "gap": ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}),
     "distilled": ("deit_tiny_distilled_patch16_224", {}),  # a second prefix token, two heads
+    "map": ("vit_base_patch16_siglip_224", {}),  # no class token, attention-pool readout
 }
 
 

@@ -81,7 +81,9 @@ class Body(nn.Module):
 
 
 class Tail(nn.Module):
-    """Client side after the body: last blocks, final norm, pooling and the classifier."""
+    """Client side after the body: last blocks, final norm, pooling and the classifier.
+    A MAP head's attention pool (timm's `attn_pool`, SigLIP) is pooling, so it is here
+    and trains with the tail."""
 
     def __init__(self, vit: VisionTransformer, tail_blocks: int, prompt_length: int) -> None:
         super().__init__()
@@ -92,6 +94,7 @@ class Tail(nn.Module):
         self.classifier = vit.head if distilled is None else DistilledClassifier(vit.head,
                                                                                  distilled)
         self.global_pool = vit.global_pool
+        self.attn_pool = vit.attn_pool  # None unless global_pool == "map"
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool_include_prefix = vit.pool_include_prefix
         self.prompt_length = prompt_length
@@ -102,8 +105,11 @@ class Tail(nn.Module):
         p = self.num_prefix_tokens
         x = torch.cat([x[:, :p], x[:, p + self.prompt_length:]], dim=1)  # (B, prefix + N, D)
         pool = pool or self.global_pool
-        pooled = global_pool_nlc(x, pool_type=pool, num_prefix_tokens=p,
-                                 reduce_include_prefix=self.pool_include_prefix)  # (B, D)
+        if pool == "map":  # timm's pool(): the latent query attends to every token
+            pooled = self.attn_pool(x)  # (B, D)
+        else:
+            pooled = global_pool_nlc(x, pool_type=pool, num_prefix_tokens=p,
+                                     reduce_include_prefix=self.pool_include_prefix)
         if isinstance(self.classifier, DistilledClassifier):
             # The distillation token's classifier reads that token (the second prefix
             # token) where the class token's reads the class token, else the same pool.
@@ -258,8 +264,6 @@ def local_pool_for(model_pool: str, head_blocks: int, tail_blocks: int, choice: 
 def check_splittable(vit: VisionTransformer) -> None:
     """Refuse the ViT layouts the split does not handle, naming `model.name` (config
     validation calls this on the meta-device model, before anything runs)."""
-    if vit.attn_pool is not None:
-        raise ConfigError("model.name: attention-pool ViTs (MAP heads) are not supported")
     if getattr(vit, "dynamic_img_size", False):
         raise ConfigError("model.name: dynamic image size ViTs are not supported")
 

@@ -192,6 +192,35 @@ def _meta_vit(name: str) -> VisionTransformer:
     return model
 
 
+def _vit_modules() -> set[str]:
+    """timm's model modules that build a VisionTransformer (vision_transformer, deit,
+    the hybrids, ...): only their names can be one, so only those are built to check."""
+    import sys
+    names = set()
+    for module in timm.list_modules():
+        namespace = vars(sys.modules.get(f"timm.models.{module}", object))
+        if any(isinstance(v, type) and issubclass(v, VisionTransformer)
+               for v in namespace.values()):
+            names.add(module)
+    return names
+
+
+def vit_candidates(pattern: str = "*") -> list[str]:
+    """timm's architectures matching `pattern` (fnmatch) from the modules that build a
+    VisionTransformer: the names `split_refusal` may accept."""
+    return timm.list_models(pattern, module=sorted(_vit_modules()))
+
+
+def split_refusal(name: str) -> str | None:
+    """None if the split takes timm model `name`, else the one-line reason `model.name`
+    validation gives. Built on the meta device, so a giant model costs no memory."""
+    try:
+        _meta_vit(name)
+    except ConfigError as err:
+        return str(err).removeprefix("model.name: ")
+    return None
+
+
 def _require_hub(name: str) -> None:
     """Fail in seconds when the weights cannot come: with no network huggingface_hub
     retries with backoff for about 45 s per model before it gives up."""
