@@ -35,6 +35,7 @@ from sfprompt.platform.loop.world import World, build_world, initial_progress
 from sfprompt.results.checkpoint import load_checkpoint, save_checkpoint
 from sfprompt.results.rundir import (attach_run_log, create_run_dir, require_run_dir, run_info,
                                      write_config_toml, write_run_json)
+from sfprompt.results.scalars import Scalars
 from sfprompt.results.tables import write_clients, write_rounds
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def _record(run_dir: Path, world: World, backend: Backend, info: dict,
     columns = {"run_id": run_dir.name, **flatten(world.cfg)}
     rounds, clients = list(rounds or []), list(clients or [])
     progress = progress or initial_progress(world)
+    scalars = Scalars(run_dir, world.cfg.log.tensorboard, next_round=len(rounds) + 1)
     start = time.perf_counter()
     try:
         for row, outcomes in run_rounds(world, backend, progress):
@@ -116,6 +118,7 @@ def _record(run_dir: Path, world: World, backend: Backend, info: dict,
             write_rounds(run_dir, rounds)
             write_clients(run_dir, clients)
             save_checkpoint(run_dir, progress, rounds, clients)
+            scalars.write(row)
             log.info("round %d: accuracy %.4f loss %.4f, %.1f simulated s", row["round"],
                      row["accuracy"], row["loss"], row["sim.round_seconds"])
             on_round(row)
@@ -129,6 +132,7 @@ def _record(run_dir: Path, world: World, backend: Backend, info: dict,
     finally:
         info.update(wall_seconds=round(time.perf_counter() - start, 3), rounds_done=len(rounds))
         write_run_json(run_dir, info)
+        scalars.close()
         logging.getLogger("sfprompt").removeHandler(handler)
         handler.close()
         backend.close()  # the ray backend's actors and instance

@@ -277,6 +277,14 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    # Every round's numbers (the round's columns of rounds.parquet, by the same names)
+    # as TensorBoard scalars in <run dir>/tensorboard/: `tensorboard --logdir runs`
+    # shows every run. Needs the optional extra: pip install 'sfprompt[tensorboard]'.
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -292,3 +300,4 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    log: LogConfig = field(default_factory=LogConfig)

@@ -7,6 +7,7 @@ so those import only the schema, never this.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -104,6 +105,8 @@ def validate(cfg: Config) -> None:
     _validate_clock(cfg)
     _validate_faults(cfg)
     _validate_body(cfg, METHODS[cfg.train.method])
+    _check(not cfg.log.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+           "log.tensorboard", "needs the tensorboard package: pip install 'sfprompt[tensorboard]'")
 
 
 def _validate_server_optimizer(cfg: Config) -> None:
