@@ -48,8 +48,7 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from sfprompt.actors.clients import ClientPool, PoolRun, get_within
-from sfprompt.actors.cluster import (actor_threads, body_placement, connect, pool_shape,
-                                     server_options)
+from sfprompt.actors.cluster import body_placement, client_pool, connect, server_options
 from sfprompt.actors.evaluator import EvaluationActor
 from sfprompt.actors.server import ServerActor
 from sfprompt.actors.wire import state_to_wire
@@ -97,11 +96,10 @@ class RayBackend:
             # the client actors (ray.body) nothing does: then no server actor is started.
             body = None if self.method.client_body else body_placement(cfg, self.method)
             options = server_options(cfg.ray) if body == "server" else {"num_cpus": 0}
-            # A split method's pool is sized as if the server actor held its CPU wherever
-            # the body is: each actor then runs as many threads either way, and so (thread
-            # counts decide float results) ray.body changes no number.
-            size, cpus = pool_shape(cfg.ray, 0 if body is None else 1)
-            threads = actor_threads(cfg.run.threads, size, torch.get_num_threads())
+            # The same pool wherever the body is (client_pool), so ray.body changes no number.
+            size, cpus, threads = client_pool(cfg, self.method,
+                                              ray.available_resources().get("CPU", 0.0),
+                                              torch.get_num_threads())
             if body == "server":
                 self.server = (ray.remote(ServerActor)
                                .options(max_concurrency=size + 2, max_restarts=SERVER_RESTARTS,

@@ -1,9 +1,10 @@
 """Ray itself for a run: joining or starting an instance, and sizing the actors on it.
 
 `connect` starts a local instance or joins `ray.address` (failing fast, in one line,
-on an address nobody answers at); `body_placement`, `server_options`, `pool_shape` and
-`actor_threads` decide where the body is computed, what the server actor asks for, how
-many client actors there are, and how many torch threads every actor runs.
+on an address nobody answers at); `body_placement` and `server_options` decide where the
+body is computed and what the server actor asks for, and `client_pool` (pure: from the
+config and the CPUs and threads there are; `pool_shape`, `actor_threads`) how many
+client actors there are, of how many CPUs, and how many torch threads every actor runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from typing import NamedTuple
 
 import ray
 
@@ -87,10 +89,29 @@ def server_options(cfg: RayConfig) -> dict:
     return {"num_cpus": 1}
 
 
-def pool_shape(cfg: RayConfig, server_cpus: float) -> tuple[int, float]:
-    """(client actors, CPUs each): one actor per CPU the server leaves free (at least 1),
-    or `ray.num_client_actors` sharing those CPUs when it asks for more than there are."""
-    free = ray.available_resources().get("CPU", 0.0) - server_cpus
+class PoolShape(NamedTuple):
+    """What `client_pool` decides."""
+
+    actors: int  # client actors
+    cpus: float  # CPUs each asks for
+    threads: int  # torch threads of every actor (server and evaluation actors too)
+
+
+def client_pool(cfg: Config, method: Method, cpus: float, threads: int) -> PoolShape:
+    """The client actors of a run on a cluster with `cpus` CPUs available, from a
+    coordinator with `threads` torch threads. A split method's pool is sized as if the
+    server actor held its CPU wherever the body is (`ray.body`, which this does not
+    read): each actor then runs as many threads either way, and so (thread counts decide
+    float results) ray.body changes no number."""
+    size, each = pool_shape(cfg.ray, cpus, 0 if method.client_body else 1)
+    return PoolShape(size, each, actor_threads(cfg.run.threads, size, threads))
+
+
+def pool_shape(cfg: RayConfig, cpus: float, server_cpus: float) -> tuple[int, float]:
+    """(client actors, CPUs each) on `cpus` available CPUs: one actor per CPU the server
+    leaves free (at least 1), or `ray.num_client_actors` sharing those CPUs when it asks
+    for more than there are."""
+    free = cpus - server_cpus
     size = cfg.num_client_actors or max(1, int(free))
     return size, (min(1.0, free / size) if free > 0 else 1.0)
 

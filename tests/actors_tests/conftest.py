@@ -1,8 +1,11 @@
-"""A tiny run configuration for the Ray tests (a small random ViT on 8x8 digits), and
-its rounds through both backends."""
+"""A tiny run configuration for the Ray tests (a small random ViT on 8x8 digits), its
+rounds through both backends, and the local Ray instance the tests share."""
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 import torch
 
 from sfprompt.actors.backend import RayBackend
@@ -38,3 +41,28 @@ def rounds_both_ways():
             backend.close()
         return local, remote, backend
     return run
+
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def ray_instance():
+    """A local Ray instance of 2 CPUs, shared by this folder's tests (a start costs
+    seconds on a busy 2-core host): started by the first test that asks for it, left up
+    for the next, shut down after the folder's last test (below) or by a test that
+    needs a Ray of its own (test_cluster.py, test_gpu.py)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After this folder's last test, shut the shared instance down: tests elsewhere
+    start their own Ray (or none), and connect() would join a leftover one."""
+    try:
+        return (yield)
+    finally:
+        if ray.is_initialized() and (nextitem is None
+                                     or HERE not in Path(nextitem.path).resolve().parents):
+            ray.shutdown()

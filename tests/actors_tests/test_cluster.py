@@ -8,7 +8,9 @@ import ray
 from ray.cluster_utils import Cluster
 
 from sfprompt.actors.backend import make_backend
+from sfprompt.actors.cluster import client_pool
 from sfprompt.platform.config.load import load_config
+from sfprompt.platform.method.registry import METHODS
 from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_rounds
 
@@ -16,7 +18,10 @@ from sfprompt.results.tables import read_rounds
 @pytest.fixture(scope="module")
 def cluster():
     """A head node with 2 CPUs and a second node with 1 CPU and the resource
-    "server_gpu", standing for a GPU machine."""
+    "server_gpu", standing for a GPU machine. The backend joins it: no other Ray may be
+    connected (conftest's shared instance is shut down; the next test starts it again)."""
+    if ray.is_initialized():
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     gpu_node = cluster.add_node(num_cpus=1, resources={"server_gpu": 1})
     cluster.wait_for_nodes()
@@ -44,6 +49,11 @@ def test_server_lands_on_the_resource_node_and_clients_on_cpu_nodes(cluster, tmp
     # with CPUs left.
     head = {"node": cluster.head_node.node_id, "threads": 2, "device": "cpu"}
     assert backend.client_placements == [head, head]
+    # That pool is client_pool's on the cluster's 3 CPUs (the sizing the placement-shape
+    # test in test_backend.py checks without Ray).
+    shape = client_pool(cfg, METHODS[cfg.train.method], 3.0, 2)
+    assert shape == (2, 1.0, 2)
+    assert [p["threads"] for p in backend.client_placements] == [shape.threads] * shape.actors
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed"
     assert run["ray"]["server"] == backend.server_placement  # where the body ran, on record

@@ -19,22 +19,37 @@ from sfprompt.platform.sim.faults import client_crashes
 from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
-NOT_COMPARED = ("wall_seconds", "run_id", "run.run_id", "run.backend")
+# Not results: what differs between the runs by construction (the local reference of
+# a config is run once per module, in its own folder, for every eval.worker).
+NOT_COMPARED = ("wall_seconds", "run_id", "run.run_id", "run.backend", "run.out_dir",
+                "eval.worker")
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+def references(tmp_path_factory):
+    """`reference(overrides) -> run dir`: the local reference run of `overrides`, run once
+    per module (the local backend evaluates inline whatever eval.worker says, so one
+    reference serves every worker)."""
+    runs = {}
+
+    def reference(overrides):
+        key = tuple(overrides)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("local")
+            cfg = load_config(None, overrides + [f"run.out_dir={out}", "run.run_id=local",
+                                                 "run.backend=local", "run.threads=1",
+                                                 "ray.num_client_actors=2"])
+            runs[key] = run_experiment(cfg)
+        return runs[key]
+    return reference
 
 
-def _runs(tmp_path, overrides, on_ray_round=None, worker="inline"):
-    """The local reference and the ray run of `overrides`; the ray backend's pids (and
-    replaced client actors) after each round; `on_ray_round(backend, row)` runs after
-    each ray round. Evaluation is inline unless `worker` says otherwise (off the
-    critical path, round r+1 has already run when round r arrives, and a fault
-    injected there would land a round late)."""
+def _runs(tmp_path, overrides, on_ray_round=None, worker="inline", reference=None):
+    """The ray run of `overrides` and, when `reference` (the fixture) is given, its local
+    reference; the ray backend's pids (and replaced client actors) after each round;
+    `on_ray_round(backend, row)` runs after each ray round. Evaluation is inline unless
+    `worker` says otherwise (off the critical path, round r+1 has already run when round
+    r arrives, and a fault injected there would land a round late)."""
     dirs, pids, backends = {}, [], []
 
     def factory(world):
@@ -51,14 +66,13 @@ def _runs(tmp_path, overrides, on_ray_round=None, worker="inline"):
         if on_ray_round is not None:
             on_ray_round(backend, row)
 
-    for name in ("local", "ray"):
-        cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
-                                             f"run.backend={name}", "run.threads=1",
-                                             "ray.num_client_actors=2",
-                                             f"eval.worker={worker}"])
-        dirs[name] = run_experiment(cfg, make_backend=factory,
-                                    on_round=after if name == "ray" else lambda row: None)
-    assert isinstance(backends[-1], RayBackend)
+    if reference is not None:
+        dirs["local"] = reference(overrides)
+    cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", "run.run_id=ray",
+                                         "run.backend=ray", "run.threads=1",
+                                         "ray.num_client_actors=2", f"eval.worker={worker}"])
+    dirs["ray"] = run_experiment(cfg, make_backend=factory, on_round=after)
+    assert len(backends) == 1 and isinstance(backends[0], RayBackend)
     return dirs, pids
 
 
@@ -71,14 +85,14 @@ def _assert_same(dirs):
 
 @pytest.mark.parametrize("worker", ["inline", "thread"])
 def test_injected_client_and_server_crashes_kill_processes_and_change_no_number(
-        ray_instance, tmp_path, tiny, worker):
+        ray_instance, references, tmp_path, tiny, worker):
     overrides = tiny + ["faults.client_crash=0.3", "faults.server_crash_round=2",
                         "faults.message_loss=0.1", "faults.delay_spike=0.1"]
     cfg = load_config(None, overrides)
     crashes = [c for r in (1, 2) for c in sample_clients(cfg, r)
                if client_crashes(cfg.faults, 0, r, c)]
     assert crashes  # the seed makes clients crash, or this test would test nothing
-    dirs, pids = _runs(tmp_path, overrides, worker=worker)
+    dirs, pids = _runs(tmp_path, overrides, worker=worker, reference=references)
     _assert_same(dirs)
     rounds = read_rounds(dirs["ray"])
     assert rounds["failed"].sum() == len(crashes) == rounds["faults.client_crashes"].sum()
@@ -91,8 +105,8 @@ def test_injected_client_and_server_crashes_kill_processes_and_change_no_number(
 
 
 @pytest.mark.slow  # two real server restarts: 20-35 s on the shared 2-core host
-def test_sfl_server_killed_between_and_inside_rounds_restores_its_body(ray_instance, tmp_path,
-                                                                       tiny):
+def test_sfl_server_killed_between_and_inside_rounds_restores_its_body(ray_instance, references,
+                                                                       tmp_path, tiny):
     # After round 1 the server is killed from outside (Ray restarts it, no request
     # notices: the restart is caught by its incarnation); in round 2 an injected crash
     # kills it mid-round, and the round starts over from the coordinator's copy.
@@ -113,7 +127,7 @@ def test_sfl_server_killed_between_and_inside_rounds_restores_its_body(ray_insta
 
     overrides = tiny + ["train.method=sfl", "fed.clients_per_round=2",
                         "faults.server_crash_round=2"]
-    dirs, _ = _runs(tmp_path, overrides, kill_server)
+    dirs, _ = _runs(tmp_path, overrides, kill_server, reference=references)
     _assert_same(dirs)
     log = (dirs["ray"] / "run.log").read_text()
     assert "restoring its body from the coordinator" in log
@@ -133,7 +147,7 @@ def test_client_actor_killed_fails_one_client_and_is_replaced(ray_instance, tmp_
                     break
                 time.sleep(0.05)
 
-    dirs, pids = _runs(tmp_path, tiny, kill_actor)
+    dirs, pids = _runs(tmp_path, tiny, kill_actor)  # it differs from the reference: none run
     rounds, clients = read_rounds(dirs["ray"]), read_clients(dirs["ray"])
     assert rounds["failed"].tolist() == [0, 1] and rounds["faults.client_crashes"].sum() == 0
     failed = clients[clients["status"] == "failed"]

@@ -96,6 +96,8 @@ def test_trained_body_on_cuda_steps_like_the_cpu_and_its_state_comes_back_on_the
 
 @pytest.fixture(scope="module")
 def ray_with_gpu():
+    if ray.is_initialized():  # conftest's shared instance has no GPU
+        ray.shutdown()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()

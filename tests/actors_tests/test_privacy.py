@@ -61,13 +61,6 @@ def recording(cls: type) -> type:
     return sub
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def overrides(tiny, tmp_path) -> list[str]:
     return tiny + [f"train.batch_size={BATCH}", f"prompt.length={PROMPTS}",
