@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all bench clean
+.PHONY: run test test-all mutate clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m ''
+
+# Mutation testing of the core modules (tools/mutate.py); MODULES="clock aggregation" for some.
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[mutate]'
+	RAY_AUTH_MODE=disabled $(PY) tools/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

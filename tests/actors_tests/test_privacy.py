@@ -4,17 +4,17 @@ Every call that reaches the server during a real SFPrompt run is recorded at the
 server's own entry points: a recording subclass of the Ray server actor (all its public
 methods, in the actor's process) and of the in-process `BodyServer` the local backend
 calls. The records are then checked against what split learning may send, without
-trusting the client code that sends it: tensors are (B <= batch, 1 + prompts + patches,
-embed dim) float32, finite, not pixels and equal to no training image; the rest are
-client keys, flags and lists of client keys. So no image, label or sample index can
-have reached the server.
+trusting the client code that sends it: each entry point's arguments, one by one, are
+token matrices (B <= batch, 1 + prompts + patches, embed dim) of float32 whose values
+are not pixel values, flags, and keys of clients that ran, each key sending exactly
+its client's kept samples. So no image, label or sample index can have reached the
+server. The checks themselves are shown to fail on planted leaks (last test).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
 
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ from sfprompt.platform.loop import backend as local_backend
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
 from sfprompt.results.experiment import run_experiment
-from sfprompt.results.tables import read_clients
+from sfprompt.results.tables import read_clients, write_clients
 
 # vit_tiny: embed dim 192, 16 px patches, so 32 px = 4 patches; 2 prompts.
 EMBED_DIM, PATCHES, PROMPTS, BATCH = 192, 4, 2, 8
@@ -67,63 +67,91 @@ def overrides(tiny, tmp_path) -> list[str]:
                    "train.method=sfprompt", "run.threads=1", f"run.out_dir={tmp_path}"]
 
 
-def images_as_bytes(cfg: Config) -> set[bytes]:
-    """Every training image as the bytes of float32 pixels, raw and as model input."""
+# What each server entry point may receive, parameter by parameter: a client's key (who
+# asks), a token matrix (smashed activations or their gradients), a flag, or a round's
+# keys. Anything else, or an extra argument, fails: a new entry point is added here on
+# purpose. The actor's forget takes a round's keys, the in-process BodyServer's one key.
+COMMON = {"forward": (("key", "key"), ("smashed", "tokens"), ("input_grad", "flag")),
+          "backward": (("key", "key"), ("grad_out", "tokens")),
+          "state_dict": (), "load_state_dict": None}  # None: may not be called at all
+ACTOR = {**COMMON, "forget": (("keys", "keys"),), "incarnation": (), "take_busy_seconds": (),
+         "crash_on_next_request": (("armed", "flag"),), "pid": (), "placement": ()}
+LOCAL = {**COMMON, "forget": (("key", "key"),), "take_flops": (("key", "key"),)}
+PIXEL_SHARE = 0.01  # of a token matrix's values that may equal some pixel value by chance
+
+
+def pixel_values(cfg: Config) -> torch.Tensor:
+    """Every distinct float32 value of a training pixel, raw and as model input (8x8
+    digits have 17 grey levels, so a few dozen values)."""
     data = load_dataset(cfg.data.name, root=None, test_fraction=cfg.data.test_fraction,
                         seed=cfg.run.seed, max_samples=cfg.data.max_samples)
-    raw = data.train_images.float()  # (N, 1, 8, 8)
     _, norm = build_split(cfg, data.num_classes)
     model_input = to_model_input(data.train_images, **norm)  # (N, 3, 32, 32)
-    return {x.numpy().tobytes() for x in (*raw, *model_input)}
+    return torch.cat([data.train_images.float().flatten(), model_input.flatten()]).unique()
 
 
-def check_payload(value, cfg: Config, images: set[bytes], where: str) -> list[torch.Tensor]:
-    """Fail unless `value` is a payload the server may see; returns its tensors."""
+def check_tokens(value, cfg: Config, pixels: torch.Tensor, where: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):  # how tensors travel between actors (actors/wire.py)
         value = torch.from_numpy(value)
-    if isinstance(value, torch.Tensor):
-        tokens = 1 + PROMPTS + PATCHES
-        assert value.dtype == torch.float32, (where, value.dtype)
-        assert value.ndim == 3 and value.shape[1:] == (tokens, EMBED_DIM), (where, value.shape)
-        assert 1 <= value.shape[0] <= cfg.train.batch_size, (where, value.shape)
-        assert torch.isfinite(value).all(), where
-        # Pixels would be whole numbers in [0, 255] (raw) or one affine map of them.
-        assert not ((value >= 0) & (value <= 255) & (value == value.round())).all(), where
-        for sample in value:
-            assert sample.detach().contiguous().numpy().tobytes() not in images, f"{where}: an image"
-        return [value]
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):  # a client key: who asks, never which sample
-        assert 0 <= value < cfg.fed.num_clients, (where, value)
-        return []
-    if isinstance(value, (list, tuple)):  # keys of the clients of a round
-        assert len(value) <= cfg.fed.clients_per_round, (where, value)
-        assert all(isinstance(v, int) and not isinstance(v, bool) for v in value), (where, value)
-        return [t for v in value for t in check_payload(v, cfg, images, where)]
-    raise AssertionError(f"{where}: the server received a {type(value).__name__}: {value!r:.200}")
+    assert isinstance(value, torch.Tensor), (where, type(value))
+    tokens = 1 + PROMPTS + PATCHES
+    assert value.dtype == torch.float32, (where, value.dtype)
+    assert value.ndim == 3 and value.shape[1:] == (tokens, EMBED_DIM), (where, value.shape)
+    assert 1 <= value.shape[0] <= cfg.train.batch_size, (where, value.shape)
+    assert torch.isfinite(value).all(), where
+    # Pixels moved into a token matrix keep their exact values; activations and their
+    # gradients almost never equal one of the few pixel values.
+    share = torch.isin(value.detach(), pixels).float().mean().item()
+    assert share < PIXEL_SHARE, f"{where}: {share:.0%} of the values are pixel values"
+    return value
 
 
-def check_received(calls: list, cfg: Config, run_dir) -> list[tuple]:
+def check_call(name: str, args: tuple, kwargs: dict, signatures: dict, cfg: Config,
+               pixels: torch.Tensor, ran: set[int]) -> dict:
+    """Fail unless the call is one the server may receive; returns its arguments by name."""
+    assert signatures.get(name) is not None, f"the server's {name} was called"
+    params = signatures[name]
+    assert len(args) <= len(params) and set(kwargs) <= {p for p, _ in params[len(args):]}, \
+        (name, len(args), sorted(kwargs))
+    named = {**{p: a for (p, _), a in zip(params, args)}, **kwargs}
+    assert set(named) == {p for p, _ in params}, (name, sorted(named))
+    for param, kind in params:
+        value, where = named[param], f"{name}({param})"
+        if kind == "tokens":
+            named[param] = check_tokens(value, cfg, pixels, where)
+        elif kind == "flag":
+            assert isinstance(value, bool), (where, value)
+        else:
+            keys = value if kind == "keys" else [value]
+            assert isinstance(keys, (list, tuple)) and len(keys) <= cfg.fed.clients_per_round
+            for key in keys:  # a client that ran, never a label or a sample's index
+                assert isinstance(key, int) and not isinstance(key, bool), (where, key)
+                assert key in ran, (where, key)
+    return named
+
+
+def check_received(calls: list, signatures: dict, cfg: Config, run_dir) -> list[tuple]:
     """Check every recorded call; returns (method, key, shape) of the body requests."""
-    images = images_as_bytes(cfg)
+    pixels = pixel_values(cfg)
+    clients = read_clients(run_dir)
+    ran = set(clients.loc[clients["status"] == "ok", "client"].astype(int))
     name, args, kwargs = calls[0]
     if name == "__init__":  # the actor is built from the config, never from data
         assert not any(isinstance(a, (torch.Tensor, np.ndarray)) for a in (*args, *kwargs.values()))
         calls = calls[1:]
-    requests, rows = [], 0
-    for i, (name, args, kwargs) in enumerate(calls):
-        for j, value in enumerate((*args, *kwargs.values())):
-            check_payload(value, cfg, images, f"call {i} {name} argument {j}")
+    requests, rows = [], {}
+    for name, args, kwargs in calls:
+        named = check_call(name, args, kwargs, signatures, cfg, pixels, ran)
         if name in ("forward", "backward"):
-            key, tensor = args[0], args[1]
-            requests.append((name, key, tuple(tensor.shape)))
-            rows += tensor.shape[0] if name == "forward" else 0
-    clients = read_clients(run_dir)
-    # Conservation: the server saw exactly the kept samples' rows, once per split epoch.
-    assert rows == clients["kept_samples"].sum() * cfg.train.split_epochs > 0
+            tensor = named["smashed" if name == "forward" else "grad_out"]
+            requests.append((name, named["key"], tuple(tensor.shape)))
+            if name == "forward":
+                rows[named["key"]] = rows.get(named["key"], 0) + tensor.shape[0]
+    # Conservation, client by client: each key sent exactly its kept samples' rows, once
+    # per split epoch, so a key is that client (a label or index would not add up).
+    kept = clients.groupby("client")["kept_samples"].sum() * cfg.train.split_epochs
+    assert rows == {int(c): int(n) for c, n in kept.items() if n > 0}
     assert {n for n, *_ in requests} == {"forward", "backward"}
-    assert math.ceil(rows / cfg.train.batch_size) <= len([r for r in requests if r[0] == "forward"])
     return sorted(requests)
 
 
@@ -145,7 +173,7 @@ def test_server_receives_only_smashed_data_and_gradients(ray_instance, overrides
     # The body on its own process, so that what reaches it crossed a process boundary.
     cfg = load_config(None, overrides + ["run.backend=ray", "run.run_id=ray", "ray.body=server"])
     run_dir = run_experiment(cfg, make_backend=factory)
-    ray_requests = check_received(received, cfg, run_dir)
+    ray_requests = check_received(received, ACTOR, cfg, run_dir)
     info = json.loads((run_dir / "run.json").read_text())  # where the actors lived
     assert info["ray"]["namespace"] == ray.get_runtime_context().namespace
 
@@ -161,5 +189,38 @@ def test_server_receives_only_smashed_data_and_gradients(ray_instance, overrides
     local_cfg = load_config(None, overrides + ["run.backend=local", "run.run_id=local"])
     run_dir = run_experiment(local_cfg)
     assert len(servers) == 1
-    assert check_received(servers[0].received_log, local_cfg, run_dir) == ray_requests
+    assert check_received(servers[0].received_log, LOCAL, local_cfg, run_dir) == ray_requests
 
+
+
+def test_the_checks_fail_on_planted_leaks(overrides, tmp_path):
+    """The checker against hand-made records: a clean round passes, and each leak a
+    client could plant (pixels in a token matrix, a label as an extra argument or as the
+    key, a sample index as the key) fails it."""
+    cfg = load_config(None, overrides)
+    write_clients(tmp_path, [{"round": 1, "client": c, "status": "ok", "kept_samples": 8}
+                             for c in (0, 1)])
+    shape = (8, 1 + PROMPTS + PATCHES, EMBED_DIM)
+    torch.manual_seed(0)
+    smashed, grad = torch.randn(shape), torch.randn(shape)
+
+    def calls(*changed):
+        clean = [("forward", (0, smashed), {"input_grad": True}), ("backward", (0, grad), {}),
+                 ("forward", (1, smashed), {"input_grad": True}), ("backward", (1, grad), {})]
+        return [changed[0] if i == 0 and changed else c for i, c in enumerate(clean)]
+
+    assert len(check_received(calls(), LOCAL, cfg, tmp_path)) == 4
+    pixels = pixel_values(cfg)
+    images = pixels[torch.randint(len(pixels), (smashed.numel(),))].reshape(shape)
+    planted = {
+        "pixels in the smashed data": ("forward", (0, images), {"input_grad": True}),
+        "a label as an extra argument": ("forward", (0, smashed, True, 3), {}),
+        "labels as a keyword": ("forward", (0, smashed, True), {"labels": torch.zeros(8)}),
+        "a label as the key": ("forward", (7, smashed), {"input_grad": True}),
+        "a sample's index as the key": ("forward", (1, smashed), {"input_grad": True}),
+        "a call the server does not have": ("fit", (0,), {}),
+    }
+    for what, call in planted.items():
+        with pytest.raises(AssertionError):
+            check_received(calls(call), LOCAL, cfg, tmp_path)
+            pytest.fail(f"not caught: {what}")
