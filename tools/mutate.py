@@ -10,9 +10,9 @@ imports the copy (the current directory comes first on sys.path).
     python tools/mutate.py                    every module, then the table
     python tools/mutate.py aggregation clock  only these (names below)
 
-Prints one line per module as it ends and a Markdown table at the end; the README keeps
-the latest table. Survivors are listed (`mutmut show` of each) so a reader can judge
-whether each is equivalent (no test could tell it apart) or a missing test.
+Prints one line per module as it ends, with its surviving mutants (`mutmut show` of
+each) so a reader can judge whether each is equivalent (no test could tell it apart)
+or a missing test, and a Markdown table at the end; the README keeps the latest table.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -55,19 +56,13 @@ def _copy_tree(dest: Path) -> None:
 
 
 def _counts(work: Path) -> dict[str, list[int]]:
-    """Mutant ids by status, from `mutmut results`."""
-    out = subprocess.run([PY, "-m", "mutmut", "results"], cwd=work, capture_output=True,
-                         text=True).stdout
+    """Mutant ids by status (killed, survived, timeout, suspicious, skipped, untested),
+    from mutmut's own cache (a SQLite file; its `results` command lists no killed ones)."""
+    with sqlite3.connect(work / ".mutmut-cache") as db:
+        rows = db.execute("SELECT id, status FROM Mutant").fetchall()
     found: dict[str, list[int]] = {}
-    status = None
-    for line in out.splitlines():
-        head = re.match(r"^(Killed|Survived|Timed out|Suspicious|Skipped|Untested)", line)
-        if head:
-            status = head.group(1).lower()
-            continue
-        if status:
-            for a, b in re.findall(r"(\d+)(?:-(\d+))?", line.split(":")[-1]):
-                found.setdefault(status, []).extend(range(int(a), int(b or a) + 1))
+    for id_, status in rows:
+        found.setdefault(status.split("_", 1)[-1], []).append(id_)
     return found
 
 
@@ -84,7 +79,7 @@ def mutate(name: str, work: Path) -> dict:
     survivors = counts.get("survived", []) + counts.get("suspicious", [])
     shown = [subprocess.run([PY, "-m", "mutmut", "show", str(i)], cwd=work,
                             capture_output=True, text=True).stdout for i in survivors]
-    killed = len(counts.get("killed", [])) + len(counts.get("timed out", []))
+    killed = len(counts.get("killed", [])) + len(counts.get("timeout", []))
     total = killed + len(survivors)
     return {"module": path, "mutants": total, "killed": killed, "survived": len(survivors),
             "score": killed / total if total else float("nan"), "shown": shown,
@@ -106,14 +101,12 @@ def main(names: list[str]) -> int:
             rows.append(row)
             print(f"{row['module']}: {row['killed']}/{row['mutants']} killed "
                   f"({row['score']:.1%}) in {row['seconds']:.0f} s", flush=True)
+            for shown in row["shown"]:  # now, so a stopped run keeps what it found
+                print(shown, flush=True)
     print("\n| module | mutants | killed | survived | score |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['survived']} "
               f"| {r['score']:.1%} |")
-    for r in rows:
-        if r["shown"]:
-            print(f"\n## survivors in {r['module']}\n")
-            print("\n".join(r["shown"]))
     return 0
 
 

@@ -16,7 +16,7 @@ from sfprompt.actors.backend import RayBackend, make_backend
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.fed.sampling import sample_clients
 from sfprompt.platform.sim.faults import client_crashes
-from sfprompt.results.experiment import run_experiment
+from sfprompt.results.experiment import resume_experiment, run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
 
 # Not results: what differs between the runs by construction (the local reference of
@@ -132,6 +132,34 @@ def test_sfl_server_killed_between_and_inside_rounds_restores_its_body(ray_insta
     log = (dirs["ray"] / "run.log").read_text()
     assert "restoring its body from the coordinator" in log
     assert "the server actor was lost; after its restart, the round starts over" in log
+
+
+def test_sfl_interrupted_on_ray_resumes_on_ray_to_the_local_numbers(ray_instance, references,
+                                                                    tmp_path, tiny):
+    # The fast version of the restore path (the slow test above kills real servers): the
+    # body sfl trained is in the checkpoint, and the resumed run's new server actor must
+    # start round 2 from it, not from the pretrained body.
+    overrides = tiny + ["train.method=sfl", "fed.clients_per_round=2"]
+    cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", "run.run_id=ray",
+                                         "run.backend=ray", "run.threads=1",
+                                         "ray.num_client_actors=2", "eval.worker=inline"])
+
+    def stop(row):
+        raise KeyboardInterrupt  # as Ctrl-C after round 1: its checkpoint is written
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, make_backend=make_backend, on_round=stop)
+    restored = []
+
+    def factory(world):
+        backend = make_backend(world)
+        restore = backend.restore_server
+        backend.restore_server = lambda state: (restored.append(state), restore(state))
+        return backend
+
+    resume_experiment(tmp_path / "ray", make_backend=factory)
+    assert len(restored) == 1 and restored[0]  # the checkpointed body, into the new actor
+    _assert_same({"local": references(overrides), "ray": tmp_path / "ray"})
 
 
 def test_client_actor_killed_fails_one_client_and_is_replaced(ray_instance, tmp_path, tiny):

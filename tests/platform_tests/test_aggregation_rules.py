@@ -393,3 +393,27 @@ def test_overlapped_evaluation_sees_each_rounds_state_and_server_memory():
         assert memory and memory.keys() == memory2.keys()
         assert all(torch.equal(memory[k], memory2[k]) for k in memory)
         assert all(torch.equal(state[k], state2[k]) for k in state)
+
+
+def test_fedavg_of_one_state_is_it_and_weights_need_not_sum_to_one():
+    a = {"w": torch.tensor([1.0, 2.0], dtype=torch.float16)}
+    (only,) = fedavg([a], [0.5]).values()
+    assert only.dtype == torch.float16 and torch.equal(only, a["w"])
+    b = {"w": torch.tensor([3.0, 6.0], dtype=torch.float16)}
+    assert torch.equal(fedavg([a, b], [0.25, 0.25])["w"], torch.tensor([2.0, 4.0]).half())
+
+
+def test_aggregation_refuses_bad_input_in_one_line_naming_it():
+    a, b = {"w": torch.ones(2)}, {"v": torch.ones(2)}
+    for call, message in (
+            (lambda: fedavg([], []), "fedavg needs at least one client state"),
+            (lambda: fedavg([a], [1, 2]), "fedavg got 1 states but 2 weights"),
+            (lambda: fedavg([a, a], [0, 0]), "fedavg weights must sum to a positive number"),
+            (lambda: fedavg([a, b], [1, 1]), "fedavg states have different parameter names"),
+            (lambda: AGGREGATIONS["fedadam"]([{**a, **b}], [1], a, {}, FedConfig()),
+             "client states hold ['v'], which the global state lacks")):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message
+    with pytest.raises(Exception, match="unknown aggregation 'fedsgd'"):
+        AGGREGATIONS["fedsgd"]

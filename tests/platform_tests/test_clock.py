@@ -97,6 +97,18 @@ def test_jitter_is_deterministic_non_negative_and_has_the_profiles_mean():
     assert a / 20_000 == pytest.approx(0.01, rel=0.03)
 
 
+def test_jitter_of_several_kinds_adds_one_gamma_draw_per_kind_in_link_order():
+    # Two kinds with messages and one without: latency + bytes of each, plus one
+    # Gamma(m, jitter_s) draw per kind that sent, drawn in KINDS order from the stream.
+    jittery = Profile("j", 1e9, 8e6, 16e6, 0.05, 0.01, 1.0, 0)
+    nbytes = {"upload": 1_000_000, "download": 2_000_000, "smashed_up": 0}
+    messages = {"upload": 2, "download": 3, "smashed_up": 0}
+    draws = jitter_rng(1, 2, 3)
+    down, up = float(draws.gamma(3, 0.01)), float(draws.gamma(2, 0.01))  # download first
+    expected = (3 * 0.05 + 1.0 + down) + (2 * 0.05 + 1.0 + up)
+    assert comm_seconds(jittery, nbytes, messages, jitter_rng(1, 2, 3)) == pytest.approx(expected)
+
+
 def test_clock_never_reads_the_wall_clock(monkeypatch):
     results = [_result(c, client_flops=1e9 * (c + 1)) for c in range(4)]
     jittery = [Profile("j", 1e9, 8e6, 16e6, 0.05, 0.01, 1.0, 0)] * 4

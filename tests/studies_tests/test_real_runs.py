@@ -10,11 +10,27 @@ from sfprompt.studies.export import export_study
 from sfprompt.studies.runner import start_study
 from sfprompt.studies.storage import load_study, read_study_spec
 
-pytestmark = pytest.mark.slow  # real training: ~10-30 s per trial on a loaded 2-core CPU
-
 ONE_ROUND = {"fed.rounds": 1, "data.max_samples": 100}
+SLOW = pytest.mark.slow  # real training: ~10-30 s per trial on a loaded 2-core CPU
 
 
+def test_a_real_trial_through_the_ray_executor(write_study, tables, tmp_path):
+    # The fast version of the two below: one tiny real run as a Ray task, its
+    # objectives those of its own run directory.
+    fixed = {**tables()["fixed"], "fed.rounds": 1, "data.max_samples": 40,
+             "fed.num_clients": 2, "fed.clients_per_round": 2}
+    path = write_study(fixed=fixed, space={"prompt.length": {"choices": [2]}},
+                       budget={"n_trials": 1}, parallel={"trials": 2, "cpus_per_trial": 1})
+    study_dir = start_study(path, tmp_path / "s", make_executor=RayExecutor)
+    (trial,) = load_study(read_study_spec(study_dir), study_dir).trials
+    assert trial.state == TrialState.COMPLETE
+    rounds = read_rounds(study_dir / "runs" / trial.user_attrs["run_id"])
+    assert trial.values == [rounds["accuracy"].iloc[-1],
+                            (rounds["bytes.up"] + rounds["bytes.down"]).sum()]
+    assert rounds["run.threads"].iloc[0] == 1 and rounds["prompt.length"].iloc[0] == 2
+
+
+@SLOW
 def test_objectives_match_the_trials_run_directories(write_study, tables, tmp_path):
     path = write_study(fixed={**tables()["fixed"], **ONE_ROUND}, budget={"n_trials": 2})
     study_dir = start_study(path, tmp_path / "s")
@@ -29,6 +45,7 @@ def test_objectives_match_the_trials_run_directories(write_study, tables, tmp_pa
         assert rounds["run.backend"].iloc[0] == "local"
 
 
+@SLOW
 def test_two_trials_at_once_on_ray_report_to_the_pruner(write_study, tables, tmp_path):
     # Single objective with a trial pruner that never fires (startup > budget): the Ray
     # workers must still report every round to the shared storage.
