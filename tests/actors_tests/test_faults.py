@@ -134,32 +134,39 @@ def test_sfl_server_killed_between_and_inside_rounds_restores_its_body(ray_insta
     assert "the server actor was lost; after its restart, the round starts over" in log
 
 
-def test_sfl_interrupted_on_ray_resumes_on_ray_to_the_local_numbers(ray_instance, references,
-                                                                    tmp_path, tiny):
+def test_sfl_interrupted_resumes_on_ray_to_the_local_numbers(ray_instance, references,
+                                                            tmp_path, tiny):
     # The fast version of the restore path (the slow test above kills real servers): the
     # body sfl trained is in the checkpoint, and the resumed run's new server actor must
-    # start round 2 from it, not from the pretrained body.
-    overrides = tiny + ["train.method=sfl", "fed.clients_per_round=2"]
+    # start round 2 from it, not from the pretrained body. Round 1 runs in-process (the
+    # checkpoint is the same from either backend: local == Ray) and the run resumes on
+    # Ray, which also makes this the sfl case of Ray equals local.
+    overrides = tiny + ["train.method=sfl", "fed.clients_per_round=2", "run.threads=1",
+                        "ray.num_client_actors=2", "eval.worker=inline"]
     cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", "run.run_id=ray",
-                                         "run.backend=ray", "run.threads=1",
-                                         "ray.num_client_actors=2", "eval.worker=inline"])
+                                         "run.backend=local"])
 
     def stop(row):
         raise KeyboardInterrupt  # as Ctrl-C after round 1: its checkpoint is written
 
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, make_backend=make_backend, on_round=stop)
-    restored = []
+        run_experiment(cfg, on_round=stop)
+    config = tmp_path / "ray" / "config.toml"
+    config.write_text(config.read_text().replace('backend = "local"', 'backend = "ray"'))
+    restored, backends = [], []
 
     def factory(world):
-        backend = make_backend(world)
-        restore = backend.restore_server
-        backend.restore_server = lambda state: (restored.append(state), restore(state))
-        return backend
+        backends.append(make_backend(world))
+        restore = backends[-1].restore_server
+        backends[-1].restore_server = lambda state: (restored.append(state), restore(state))
+        return backends[-1]
 
     resume_experiment(tmp_path / "ray", make_backend=factory)
-    assert len(restored) == 1 and restored[0]  # the checkpointed body, into the new actor
+    assert isinstance(backends[0], RayBackend) and len(restored) == 1 and restored[0]
+    # The checkpointed body, into the new server actor.
+    assert "restoring its body from the coordinator" in (tmp_path / "ray" / "run.log").read_text()
     _assert_same({"local": references(overrides), "ray": tmp_path / "ray"})
+    assert (read_rounds(tmp_path / "ray")["flops.server"] > 0).all()
 
 
 def test_client_actor_killed_fails_one_client_and_is_replaced(ray_instance, tmp_path, tiny):

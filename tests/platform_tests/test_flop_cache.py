@@ -26,9 +26,11 @@ def _flops_by_client(world, backend) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("split,batch", [((1, 1), 4), ((0, 0), 1), ((2, 1), 3)])
 def test_cached_flops_equal_counting_every_step(method, split, batch):
     # 32 training digits over 3 clients: 10 or 11 each, so batches of 3 and 4 end partial.
+    # Batch size 1 gains nothing from more samples: 20 digits, a step per sample.
     cfg = load_config(None, TINY_CFG + [f"train.method={method}", f"train.batch_size={batch}",
                                         f"split.head_blocks={split[0]}",
-                                        f"split.tail_blocks={split[1]}"])
+                                        f"split.tail_blocks={split[1]}"]
+                      + (["data.max_samples=20"] if batch == 1 else []))
     world = build_world(cfg)
     backend = LocalBackend(world)
     cached = _flops_by_client(world, backend)
