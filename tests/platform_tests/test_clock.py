@@ -1,6 +1,7 @@
 """The virtual clock against hand-computed times, the server queue against processor
 sharing worked by hand, and realtime network emulation against the clock."""
 
+import dataclasses
 import itertools
 import time
 
@@ -86,6 +87,14 @@ def test_queue_adds_to_client_time_when_clients_outnumber_slots():
     server = ServerProfile("s", 1e13, 1)
     times = client_times([_result(c) for c in range(3)], [PHONE] * 3, server, seed=0, round_=1)
     assert [t.queue for t in times] == pytest.approx([0.2, 0.2, 0.2])  # 3 x 0.1 s shared
+    t = times[0]
+    assert t.finish == pytest.approx(t.compute + t.comm + t.server + 0.2)  # the wait adds
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.queue = 0.0  # a recorded time is never changed after the fact
+
+
+def test_a_kind_with_messages_but_no_bytes_costs_its_latency_only():
+    assert comm_seconds(PHONE, {}, {"smashed_up": 3}, jitter_rng(0, 1, 0)) == pytest.approx(0.15)
 
 
 def test_jitter_is_deterministic_non_negative_and_has_the_profiles_mean():
