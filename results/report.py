@@ -21,8 +21,8 @@ from plotly.offline import get_plotlyjs
 
 from sfprompt.results.atomic import atomic_write_text
 from sfprompt.results.plots import MB, cumulative
-from sfprompt.results.summary import about, headline, in_order, load_compare, summarise
-from sfprompt.results.tables import CLIENTS, ROUNDS, read_clients, read_rounds
+from sfprompt.results.summary import about, headline, in_order
+from sfprompt.results.tables import CLIENTS, read_clients, read_rounds
 
 REPORT_FILE = "report.html"
 # Where a client-round's simulated seconds go (clients.parquet), in the order stacked.
@@ -148,10 +148,9 @@ def run_sections(run_dir: Path) -> list[Section]:
     return sections
 
 
-def compare_sections(compare_dir: Path, target: float | None = None,
+def compare_sections(compare_dir: Path, rounds: pd.DataFrame, summary: pd.DataFrame,
                      order: Sequence[str] | None = None) -> list[Section]:
-    rounds = load_compare(compare_dir)
-    summary = summarise(rounds, target, order)
+    """`rounds` is load_compare's frame of `compare_dir`, `summary` its summarise table."""
     clients = [read_clients(compare_dir / name).assign(variant=group["variant"].iloc[0])
                for name, group in rounds.groupby("run_dir")
                if (compare_dir / name / CLIENTS.filename).is_file()]
@@ -161,10 +160,11 @@ def compare_sections(compare_dir: Path, target: float | None = None,
             *accuracy_figures(rounds, order), tiers]
 
 
-def write_report(target: Path, target_accuracy: float | None = None,
-                 order: Sequence[str] | None = None) -> Path:
-    """`target/report.html` of the run or comparison directory `target`."""
-    if (target / ROUNDS.filename).is_file():
-        return write_page(target / REPORT_FILE, f"Run {target.name}", run_sections(target))
-    return write_page(target / REPORT_FILE, f"Comparison {target.name}",
-                      compare_sections(target, target_accuracy, order))
+def write_run_report(run_dir: Path) -> Path:
+    return write_page(run_dir / REPORT_FILE, f"Run {run_dir.name}", run_sections(run_dir))
+
+
+def write_compare_report(compare_dir: Path, rounds: pd.DataFrame, summary: pd.DataFrame,
+                         order: Sequence[str] | None = None) -> Path:
+    return write_page(compare_dir / REPORT_FILE, f"Comparison {compare_dir.name}",
+                      compare_sections(compare_dir, rounds, summary, order))

@@ -209,11 +209,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             + markdown_table(list(text.columns), text.itertuples(index=False)) + "\n")
 
 
-def write_compare(compare_dir: str | Path, target: float | None = None,
-                  order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Summarise `compare_dir` into compare.parquet and compare.md; returns the table."""
+def write_compare(compare_dir: str | Path, table: pd.DataFrame) -> None:
+    """Write `table` (summarise's) as compare.parquet and compare.md in `compare_dir`."""
     compare_dir = Path(compare_dir)
-    table = summarise(load_compare(compare_dir), target, order)
     write_parquet(compare_dir / "compare.parquet", table)
     atomic_write_text(compare_dir / "compare.md", to_markdown(table))
-    return table

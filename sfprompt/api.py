@@ -210,7 +210,7 @@ def report_files(dir: str | Path, target: float | None = None,
     """What `report` writes, report.html last: a run's PNG plots; a comparison's table
     (compare.parquet/.md; `target` as in `compare`, `order` its methods) and plots; a
     study's exports."""
-    from sfprompt.results.report import write_report
+    from sfprompt.results import report
     from sfprompt.results.tables import ROUNDS
     from sfprompt.studies.storage import SPEC_FILE
     where = Path(dir)
@@ -221,15 +221,17 @@ def report_files(dir: str | Path, target: float | None = None,
     if (where / ROUNDS.filename).is_file():
         from sfprompt.results.plots import run_plots
         from sfprompt.results.tables import read_rounds
-        return [*run_plots(read_rounds(where), where), write_report(where)]
+        return [*run_plots(read_rounds(where), where), report.write_run_report(where)]
     if not where.is_dir():
         raise SfpromptError(f"{where}: not a run, comparison or study directory")
     from sfprompt.results.plots import compare_plots
-    from sfprompt.results.summary import load_compare, write_compare
-    write_compare(where, target, order)
-    plots = compare_plots(load_compare(where), where, order)
+    from sfprompt.results.summary import load_compare, summarise, write_compare
+    rounds = load_compare(where)  # read once for the table, the plots and the page
+    summary = summarise(rounds, target, order)
+    write_compare(where, summary)
+    plots = compare_plots(rounds, where, order)
     return [where / "compare.parquet", where / "compare.md", *plots,
-            write_report(where, target, order)]
+            report.write_compare_report(where, rounds, summary, order)]
 
 
 def report(dir: str | Path, target: float | None = None) -> Path:

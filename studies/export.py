@@ -77,13 +77,18 @@ def _frame_table(df: pd.DataFrame) -> str:
     return markdown_table(list(df.columns), rows) + "\n"
 
 
-def pareto_markdown(pareto: pd.DataFrame, trials: pd.DataFrame, spec: StudySpec) -> str:
+def study_summary(trials: pd.DataFrame, spec: StudySpec) -> str:
+    """"Objectives: maximize accuracy, .... Trials: 5 complete, 1 fail." """
     goals = ", ".join(f"{o.direction} {o.name}" for o in spec.objectives)
     states = ", ".join(f"{n} {s}" for s, n in trials["state"].value_counts().sort_index().items())
+    return f"Objectives: {goals}. Trials: {states or 'none yet'}."
+
+
+def pareto_markdown(pareto: pd.DataFrame, trials: pd.DataFrame, spec: StudySpec) -> str:
     title = "Pareto front" if len(spec.objectives) > 1 else "Best trial"
     about = f"{spec.description}\n\n" if spec.description else ""
-    return (f"# {title} of study {spec.name}\n\n{about}Objectives: {goals}. "
-            f"Trials: {states}.\n\n" + _frame_table(pareto))
+    return (f"# {title} of study {spec.name}\n\n{about}"
+            f"{study_summary(trials, spec)}\n\n" + _frame_table(pareto))
 
 
 def export_study(study_dir: str | Path) -> list[Path]:

@@ -14,7 +14,7 @@ from optuna.visualization import (plot_optimization_history, plot_param_importan
                                   plot_pareto_front)
 
 from sfprompt.results.report import REPORT_FILE, Section, figure, note, table, write_page
-from sfprompt.studies.export import pareto_frame, trials_frame
+from sfprompt.studies.export import pareto_frame, study_summary, trials_frame
 from sfprompt.studies.spec import StudySpec
 from sfprompt.studies.storage import load_study, read_study_spec
 
@@ -51,10 +51,8 @@ def write_study_report(study_dir: Path) -> Path:
     spec = read_study_spec(study_dir)
     study = load_study(spec, study_dir)
     trials = trials_frame(study, spec)
-    states = ", ".join(f"{n} {s}" for s, n in trials["state"].value_counts().sort_index().items())
-    goals = ", ".join(f"{o.direction} {o.name}" for o in spec.objectives)
+    about = study_summary(trials, spec)
     title = "Trials on the Pareto front" if len(spec.objectives) > 1 else "Best trial"
-    about = f"Objectives: {goals}. Trials: {states or 'none yet'}."
     sections = [table(title, pareto_frame(trials, spec),
                       f"{spec.description}. {about}" if spec.description else about),
                 *_figures(study, spec), table("All trials", trials)]

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+import sfprompt
 from sfprompt.cli import main
-from sfprompt.results.report import (REPORT_FILE, accuracy_figures, run_sections,
-                                     tier_time_figure, write_report)
+from sfprompt.results.report import REPORT_FILE, accuracy_figures, run_sections, tier_time_figure
 from sfprompt.results.summary import load_compare
 from sfprompt.results.tables import read_clients, read_rounds, write_clients, write_rounds
 
@@ -62,7 +62,7 @@ def test_the_run_page_is_one_file_with_its_tables_and_no_outside_resource(tmp_pa
     run_dir = _write_run(tmp_path, "a", "fl", 0, [0.25, 0.5])
     sections = run_sections(run_dir)
     assert [s.title for s in sections if s.figure is None] == ["Rounds"]
-    page = write_report(run_dir).read_text()
+    page = sfprompt.report(run_dir).read_text()
     assert page.count('class="plotly-graph-div"') == 5
     assert "<script src" not in page and "<link" not in page  # plotly.js is inline
     assert "0.25" in page and str(len(read_rounds(run_dir))) in page
@@ -84,4 +84,4 @@ def test_a_browser_renders_every_figure_of_both_pages(tmp_path, browser):
     run_dir = _write_run(tmp_path / "cmp", "a", "fl", 0, [0.25, 0.5])
     _write_run(tmp_path / "cmp", "b", "sfprompt", 0, [0.1, 0.3])
     for where, figures in ((run_dir, 5), (tmp_path / "cmp", 4)):
-        assert browser(write_report(where), f"report-{where.name}.png") == figures
+        assert browser(sfprompt.report(where), f"report-{where.name}.png") == figures
