@@ -22,7 +22,6 @@ from sfprompt.cli import main
 from sfprompt.platform.config.dotted import unflatten
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.errors import ConfigError, SfpromptError
-from sfprompt.platform.sim.costmodel import cost_table
 from sfprompt.results.atomic import read_parquet
 from sfprompt.results.tables import read_clients, read_rounds
 
@@ -169,9 +168,8 @@ def test_the_run_and_resume_commands_go_through_the_api(tmp_path, capsys):
 
 def test_cost_equals_what_the_cost_command_prints(capsys):
     methods = ["sfprompt", "fl"]
-    table = sfprompt.cost(**TINY, methods=methods, samples=40)
-    assert table.to_dict("records") == cost_table(load_config(None, TINY_ARGS), methods, 40)
-    assert main(["cost", "--samples", "40", "--methods", ",".join(methods), *TINY_ARGS]) == 0
+    table = sfprompt.cost(**TINY, methods=methods, samples=16)
+    assert main(["cost", "--samples", "16", "--methods", ",".join(methods), *TINY_ARGS]) == 0
     lines = capsys.readouterr().out.splitlines()[2:]
     for line, row in zip(lines, table.to_dict("records"), strict=True):
         cells = line.split()

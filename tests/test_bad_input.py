@@ -90,6 +90,12 @@ def trace_file(rows: int = 2, name: str = "trace.csv", drop: str | None = None,
     return make
 
 
+def online_file(tmp: Path, text: str) -> list[str]:
+    """An availability trace with `text` as its contents."""
+    (tmp / "online.csv").write_text(text)
+    return ["availability.model=trace", f"availability.trace={tmp / 'online.csv'}"]
+
+
 def png(path: Path, value: int = 128) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
@@ -288,6 +294,17 @@ PROFILE_CASES = [
     Case("trace-not-utf8", trace_file(raw=b"flops_per_s\n\xff\xfe\x00\n"), ("{tmp}/trace.csv",)),
     Case("trace-unreadable", then(trace_file(), unreadable("trace.csv")), ("{tmp}/trace.csv",),
          (needs_proc,)),
+    overrides("availability.model=hourly"),
+    overrides("availability.period_s=-1"),
+    overrides("availability.model=trace", names=("availability.trace",)),
+    Case("availability-trace-missing",
+         lambda tmp: ["availability.model=trace", f"availability.trace={tmp}/no.csv"],
+         ("availability.trace", "{tmp}/no.csv", "not found")),
+    Case("availability-trace-unknown-client", lambda tmp: online_file(tmp, "client,start_s,end_s\n"
+                                                                      "99,0,10\n"),
+         ("availability.trace", "{tmp}/online.csv", "'client' row 0")),
+    Case("availability-trace-past-the-period", lambda tmp: online_file(
+        tmp, "client,start_s,end_s\n0,0,10\n0,5,90000\n"), ("{tmp}/online.csv", "'end_s' row 1")),
 ]
 
 DATA_CASES = [

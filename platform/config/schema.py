@@ -161,6 +161,25 @@ class ProfilesConfig:
 NETWORK_MODES = ("simulated", "realtime")
 
 
+AVAILABILITY_MODELS = ("per_round", "diurnal", "trace")
+
+
+@dataclass(frozen=True)
+class AvailabilityConfig:
+    # When clients are online (sim/availability.py): "per_round" (a sampled client is
+    # there with probability profile.availability, drawn afresh each round), "diurnal"
+    # (online for that fraction of every period, from a seeded phase per client),
+    # "trace" (online intervals per client from availability.trace). Under diurnal and
+    # trace a round samples only clients online at its simulated start, and a client
+    # whose window closes before it finishes is dropped.
+    model: str = "per_round"
+    # Seconds after which diurnal and trace availability repeats (a day).
+    period_s: float = 86400.0
+    # CSV or Parquet file of model = "trace": columns client, start_s, end_s (online
+    # intervals, seconds into the period).
+    trace: str = ""
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     # "simulated": time comes from counted FLOPs and bytes and is never slept.
@@ -294,6 +313,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

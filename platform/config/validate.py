@@ -11,8 +11,8 @@ import importlib.util
 import math
 from pathlib import Path
 
-from sfprompt.platform.config.schema import (BACKENDS, BODY_PLACEMENTS, EVAL_WORKERS,
-                                             NETWORK_MODES, PRECISIONS, Config)
+from sfprompt.platform.config.schema import (AVAILABILITY_MODELS, BACKENDS, BODY_PLACEMENTS,
+                                             EVAL_WORKERS, NETWORK_MODES, PRECISIONS, Config)
 from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.registry import Registry
 
@@ -154,11 +154,17 @@ def _validate_clock(cfg: Config) -> None:
         ("profiles.server", cfg.profiles.server, SERVER_TIERS),
         ("network.mode", cfg.network.mode, NETWORK_MODES),
         ("fed.protocol", cfg.fed.protocol, PROTOCOLS),
+        ("availability.model", cfg.availability.model, AVAILABILITY_MODELS),
     ):
         _check_choice(key, value, choices)
     parse_mix(cfg.profiles.mix)  # raises ConfigError naming profiles.mix
     _check(cfg.profiles.source != "trace" or bool(cfg.profiles.trace), "profiles.trace",
            "must name a CSV or Parquet file when profiles.source = 'trace'")
+    _check(cfg.availability.model != "trace" or bool(cfg.availability.trace),
+           "availability.trace", "must name a CSV or Parquet file when availability.model "
+           "= 'trace'")
+    _check(cfg.availability.period_s > 0 and math.isfinite(cfg.availability.period_s),
+           "availability.period_s", f"must be a positive number, got {cfg.availability.period_s}")
     for key, value, low in (("profiles.sigma", cfg.profiles.sigma, 0.0),
                             ("network.time_scale", cfg.network.time_scale, 0.0),
                             ("fed.over_commit", cfg.fed.over_commit, 1.0)):

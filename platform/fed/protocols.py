@@ -7,8 +7,9 @@ Each client of a round ends with one status:
 
     ok        aggregated
     late      over `fed.deadline_s` under the deadline protocol; not aggregated
-    dropped   beyond the first `clients_per_round` to finish under over-commit
-    offline   not there when sampled (probability 1 - availability); runs nothing
+    dropped   beyond the first `clients_per_round` to finish under over-commit, or
+              gone offline before it finished (availability over time, availability.py)
+    offline   not there when sampled (probability 1 - availability, per_round); runs nothing
     failed    its work was lost (its process crashed, injected or not): not
               aggregated, nothing of it counted
 

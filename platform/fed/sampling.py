@@ -17,9 +17,15 @@ def client_seed(seed: int, round_: int, client: int) -> int:
     return int(np.random.SeedSequence([seed, round_, client]).generate_state(1)[0])
 
 
-def sample_clients(cfg: Config, round_: int, count: int | None = None) -> list[int]:
-    """`count` distinct clients (default fed.clients_per_round), by (seed, round)."""
+def sample_clients(cfg: Config, round_: int, count: int | None = None,
+                   among: list[int] | None = None) -> list[int]:
+    """`count` distinct clients (default fed.clients_per_round), by (seed, round), from
+    every registered client or from `among` (all of them when it holds fewer)."""
     rng = stream(cfg.run.seed, round_)
     size = cfg.fed.clients_per_round if count is None else count
-    chosen = rng.choice(cfg.fed.num_clients, size=size, replace=False)
+    if among is None:
+        chosen = rng.choice(cfg.fed.num_clients, size=size, replace=False)
+    else:
+        chosen = rng.choice(np.asarray(among, dtype=np.int64), size=min(size, len(among)),
+                            replace=False)
     return sorted(int(c) for c in chosen)

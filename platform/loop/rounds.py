@@ -30,6 +30,7 @@ from sfprompt.platform.loop.rows import Outcome, round_row
 from sfprompt.platform.loop.world import World, initial_progress
 from sfprompt.platform.method.client import ClientTask
 from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.sim.availability import Schedule
 from sfprompt.platform.sim.clock import client_times, message_seconds
 from sfprompt.platform.sim.faults import client_crashes, message_faults
 
@@ -97,6 +98,15 @@ class _Trained:
         return self.row, self.outcomes
 
 
+def _left(schedule: Schedule | None, client: int, start: float, finish: float) -> float:
+    """Seconds into the round at which `client` went offline before finishing; nan
+    when it stayed (always, per_round)."""
+    if schedule is None:
+        return math.nan
+    until = schedule.online_until(client, start)
+    return until - start if until is not None and until - start < finish else math.nan
+
+
 def _copy(progress: Progress) -> Progress:
     """A copy that later rounds cannot change: they replace the global state's and the
     aggregator's dicts (aggregation builds new ones) but grow `visited` in place."""
@@ -112,12 +122,19 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     cfg = world.cfg
     protocol = PROTOCOLS[cfg.fed.protocol]
     aggregate = AGGREGATIONS[cfg.fed.aggregation]
-    sampled = sample_clients(cfg, round_, protocol.sample_size(cfg.fed))
+    schedule = world.availability
     online: list[int] = []
     offline: list[int] = []
-    for c in sampled:
-        there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
-        (online if there else offline).append(c)
+    if schedule is None:  # per_round: a draw per sampled client
+        start = progress.elapsed
+        for c in sample_clients(cfg, round_, protocol.sample_size(cfg.fed)):
+            there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
+            (online if there else offline).append(c)
+    else:  # on the clock: from the clients online when the round starts
+        start = schedule.first_online(progress.elapsed)
+        online = sample_clients(cfg, round_, protocol.sample_size(cfg.fed),
+                                among=schedule.online_at(start))
+    wait = start - progress.elapsed
     tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
                         first_visit=c not in progress.visited,
                         crash=client_crashes(cfg.faults, cfg.run.seed, round_, c))
@@ -142,10 +159,14 @@ def _train_round(world: World, backend: Backend, progress: Progress,
                              r.bytes, r.messages, cfg.run.seed, round_, r.client)
               for r, p in zip(results, profiles)]
     times = [dataclasses.replace(t, comm=t.comm + f.seconds) for t, f in zip(times, faults)]
-    statuses, seconds = protocol.select(cfg.fed, [t.finish for t in times])
-    progress.elapsed += seconds
-    outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f)
-                       for r, s, t, f in zip(results, statuses, times, faults)]
+    left = [_left(schedule, r.client, start, t.finish) for r, t in zip(results, times)]
+    # The coordinator hears of a client that left when it leaves, instead of its finish.
+    statuses, seconds = protocol.select(
+        cfg.fed, [t.finish if math.isnan(g) else g for t, g in zip(times, left)])
+    statuses = [s if math.isnan(g) else "dropped" for s, g in zip(statuses, left)]
+    progress.elapsed += wait + seconds
+    outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f, left=g)
+                       for r, s, t, f, g in zip(results, statuses, times, faults, left)]
                       + [Outcome(c, world.profiles[c], "offline") for c in offline]
                       + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
                          for c in failed],
@@ -158,7 +179,7 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     else:
         log.warning("round %d: no client update to aggregate; the global state stays", round_)
     row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,
-                    int(round_ == cfg.faults.server_crash_round))
+                    int(round_ == cfg.faults.server_crash_round), wait)
     if aggregated and not math.isfinite(row["train_loss"]):
         log.warning("round %d: training loss is %s", round_, row["train_loss"])
     if row["faults.lost_messages"] or row["faults.delay_spikes"]:

@@ -30,13 +30,16 @@ class Outcome:
     time: ClientTime | None = None
     faults: MessageFaults = MessageFaults()  # injected loss and delay spikes
     crashed: bool = False  # an injected client crash (faults.client_crash)
+    left: float = math.nan  # seconds into the round it went offline (availability.py)
 
 
 def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float, wall: float,
-              sim_seconds: float, sim_elapsed: float, server_crashes: int = 0) -> dict:
+              sim_seconds: float, sim_elapsed: float, server_crashes: int = 0,
+              sim_wait: float = 0.0) -> dict:
     """One row of rounds.parquet. What the update learned from (participants, samples,
     training loss) counts the aggregated clients; what the round cost (FLOPs, bytes)
-    counts every client that ran, late and dropped ones included: that work was spent."""
+    counts every client that ran, late and dropped ones included: that work was spent.
+    `sim_wait` is the simulated time the round waited for a client to come online."""
     ran = [o.result for o in outcomes if o.result is not None]
     aggregated = [o.result for o in outcomes if o.status == "ok"]
     kept_samples = sum(r.num_kept for r in aggregated)
@@ -51,7 +54,8 @@ def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float
            "samples": sum(r.num_samples for r in aggregated), "kept_samples": kept_samples,
            "flops.client": sum(r.client_flops for r in ran),
            "flops.server": sum(r.server_flops for r in ran),
-           "sim.round_seconds": sim_seconds, "sim.elapsed_seconds": sim_elapsed}
+           "sim.wait_seconds": sim_wait, "sim.round_seconds": sim_seconds,
+           "sim.elapsed_seconds": sim_elapsed}
     for kind in KINDS:
         row[f"bytes.{kind}"] = sum(r.bytes.get(kind, 0) for r in ran)
     row["bytes.down"] = sum(row[f"bytes.{k}"] for k in DOWN)
@@ -78,7 +82,7 @@ def client_rows(row: dict, outcomes: list[Outcome]) -> list[dict]:
                         **{f"messages.{k}": r.messages.get(k, 0) for k in KINDS},
                         "sim.compute_seconds": t.compute, "sim.comm_seconds": t.comm,
                         "sim.server_seconds": t.server, "sim.queue_seconds": t.queue,
-                        "sim.finish_seconds": t.finish,
+                        "sim.finish_seconds": t.finish, "sim.left_seconds": o.left,
                         "sim.idle_seconds": max(row["sim.round_seconds"] - t.finish, 0.0),
                         **o.faults.columns()})
         rows.append(out)

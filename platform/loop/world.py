@@ -20,6 +20,7 @@ from sfprompt.platform.method.client import client_state
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.model.build import build_split
 from sfprompt.platform.model.split import SplitModel
+from sfprompt.platform.sim.availability import Schedule, make_schedule
 from sfprompt.platform.sim.profiles import Profile, ServerProfile, make_profiles, server_profile
 
 
@@ -34,12 +35,14 @@ class World:
     norm: dict  # img_size, mean, std for to_model_input
     profiles: list[Profile]  # one per registered client
     server: ServerProfile
+    availability: Schedule | None = None  # None: per_round (sim/availability.py)
 
 
 def build_world(cfg: Config) -> World:
     cfg = world_config(cfg)  # a pooled method (centralized) sees one client with all data
     # First, being the cheapest: a bad trace file fails before data or a model is loaded.
     profiles = make_profiles(cfg.profiles, cfg.fed.num_clients, cfg.run.seed)
+    availability = make_schedule(cfg.availability, profiles, cfg.run.seed)
     data = load_dataset(cfg.data.name, root=cfg.data.root or None,
                         test_fraction=cfg.data.test_fraction, seed=cfg.run.seed,
                         max_samples=cfg.data.max_samples or None, download=cfg.data.download)
@@ -48,7 +51,8 @@ def build_world(cfg: Config) -> World:
                        shards_per_client=cfg.fed.shards_per_client,
                        min_samples=cfg.fed.min_samples)
     split, norm = build_split(cfg, data.num_classes)
-    return World(cfg, data, shards, split, norm, profiles, server_profile(cfg.profiles))
+    return World(cfg, data, shards, split, norm, profiles, server_profile(cfg.profiles),
+                 availability)
 
 
 def initial_progress(world: World) -> Progress:

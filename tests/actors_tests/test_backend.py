@@ -96,18 +96,21 @@ def test_other_methods_equal_the_local_reference(ray_instance, tiny, rounds_both
     assert (backend.server_placement is None) == (method == "fl")
 
 
-def test_bf16_and_evaluation_settings_equal_the_local_reference(ray_instance, tiny,
-                                                               rounds_both_ways):
+def test_bf16_evaluation_and_availability_settings_equal_the_local_reference(
+        ray_instance, tiny, rounds_both_ways):
     # Autocast runs in the client and server actors as in the reference process, and
-    # the evaluation subset and schedule are the coordinator's. Half the tiny run's
-    # training samples (bf16 is slow on CPUs): each client still trains one batch.
+    # the evaluation subset and schedule and who is online when are the coordinator's.
+    # Half the tiny run's training samples (bf16 is slow on CPUs): each client still
+    # trains one batch. A 20 s "day" makes clients leave during rounds.
     cfg = load_config(None, tiny + ["run.precision=bf16", "run.threads=1", "fed.rounds=2",
                                     "eval.every=2", "eval.max_samples=9",
-                                    "data.max_samples=80"])
+                                    "data.max_samples=80", "availability.model=diurnal",
+                                    "availability.period_s=20"])
     local, remote, _ = rounds_both_ways(cfg)
     pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
                                   local.drop(columns="wall_seconds"), check_exact=True)
     assert local["accuracy"].isna().tolist() == [True, False]
+    assert local["dropped"].sum() > 0 and local["participants"].sum() > 0
     assert (local["accuracy"].iloc[-1] * 9) % 1 == 0
 
 
