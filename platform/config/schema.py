@@ -50,6 +50,11 @@ class PruneConfig:
     keep: float = 0.5
     # Hardness score from the pruning registry.
     score: str = "el2n"
+    # Fraction of the hardest samples passed over before the kept ones (EL2N's remedy
+    # for noisy or unlearnable hardest samples); keep + skip_hardest <= 1.
+    skip_hardest: float = 0.0
+    # Keep the hardest `keep` fraction of each class rather than of the whole shard.
+    per_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ class TrainConfig:
     method: str = "sfprompt"
     # Epochs of the local-loss update (local path, body skipped) per round.
     local_epochs: int = 1
+    # The classifier during the local-loss update: "shared" (it trains on the local
+    # path's features too) or "frozen" (only the prompts and tail blocks do: the local
+    # path's features differ from the full path's, which the classifier serves).
+    local_classifier: str = "shared"
     # Epochs of split training (through the server body) per round.
     split_epochs: int = 1
     batch_size: int = 32
@@ -162,6 +171,7 @@ NETWORK_MODES = ("simulated", "realtime")
 
 
 AVAILABILITY_MODELS = ("per_round", "diurnal", "trace")
+LOCAL_CLASSIFIERS = ("shared", "frozen")
 
 
 @dataclass(frozen=True)

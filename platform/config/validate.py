@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from sfprompt.platform.config.schema import (AVAILABILITY_MODELS, BACKENDS, BODY_PLACEMENTS,
-                                             EVAL_WORKERS, NETWORK_MODES, PRECISIONS, Config)
+                                             EVAL_WORKERS, LOCAL_CLASSIFIERS, NETWORK_MODES,
+                                             PRECISIONS, Config)
 from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.registry import Registry
 
@@ -59,6 +60,11 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         _check(value >= 1, key, f"must be >= 1, got {value}")
     _check(0.0 < cfg.prune.keep <= 1.0, "prune.keep", f"must be in (0, 1], got {cfg.prune.keep}")
+    _check_choice("train.local_classifier", cfg.train.local_classifier, LOCAL_CLASSIFIERS)
+    skip = cfg.prune.skip_hardest
+    _check(0.0 <= skip < 1.0 and cfg.prune.keep + skip <= 1.0 + 1e-9, "prune.skip_hardest",
+           f"must be in [0, 1) with prune.keep + prune.skip_hardest <= 1, got {skip} "
+           f"(prune.keep = {cfg.prune.keep})")
     _check(0.0 < cfg.data.test_fraction < 1.0, "data.test_fraction",
            f"must be in (0, 1), got {cfg.data.test_fraction}")
     _check(cfg.fed.alpha > 0 and math.isfinite(cfg.fed.alpha), "fed.alpha",

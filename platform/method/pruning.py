@@ -1,5 +1,10 @@
 """Data pruning: score every local sample, keep the hardest `prune.keep` fraction.
 
+Two variants within the method: `prune.skip_hardest` passes over the very hardest
+fraction first (the EL2N paper's remedy when the hardest are mislabelled or
+unlearnable at high pruning rates, Paul et al. 2021, section 4), and `prune.per_class`
+keeps the hardest of each class, so that pruning keeps the shard's class mix.
+
 A score is one registered function `(logits, labels, generator) -> (N,) scores`, higher
 meaning harder (kept first). EL2N (Paul et al., 2021) is the error-vector norm
 `|| softmax(f(x)) - onehot(y) ||_2`, computed by SFPrompt on the client's *local path*
@@ -40,13 +45,27 @@ def keep_count(n: int, keep: float) -> int:
     return min(n, max(1, math.ceil(keep * n - 1e-9)))
 
 
-def select_hardest(scores: torch.Tensor, keep: float, generator: torch.Generator) -> torch.Tensor:
+def select_hardest(scores: torch.Tensor, keep: float, generator: torch.Generator,
+                   skip: float = 0.0, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Positions of the `keep` fraction with the highest scores, in ascending position
-    order. Ties are broken in a random order drawn from `generator`, not by position:
-    scores tie exactly when the classifier is uniform (the zero-initialised first
-    round), and a client's shard is grouped by class, so "earliest first" would drop
-    whole classes."""
-    k = keep_count(scores.shape[0], keep)
+    order, after passing over the hardest `skip` fraction; with `labels`, of each class
+    on its own (`keep_count` and the skip per class). Ties are broken in a random order
+    drawn from `generator`, not by position: scores tie exactly when the classifier is
+    uniform (the zero-initialised first round), and a client's shard is grouped by
+    class, so "earliest first" would drop whole classes."""
     shuffle = torch.randperm(scores.shape[0], generator=generator).to(scores.device)
     order = shuffle[torch.sort(-scores[shuffle], stable=True).indices]  # hardest first
-    return order[:k].sort().values
+    if labels is None:
+        return _hardest(order, keep, skip).sort().values
+    ordered = labels[order]  # (N,) the class of each sample, hardest first
+    return torch.cat([_hardest(order[ordered == c], keep, skip)
+                      for c in torch.unique(labels)]).sort().values
+
+
+def _hardest(order: torch.Tensor, keep: float, skip: float) -> torch.Tensor:
+    """The keep fraction of `order` (hardest first) after its first skip fraction;
+    the skip shrinks when keep and skip would run past the last sample."""
+    n = order.shape[0]
+    k = keep_count(n, keep)
+    s = min(math.floor(skip * n + 1e-9), n - k)  # the epsilon as in keep_count
+    return order[s:s + k]

@@ -22,8 +22,8 @@ from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWork
 from sfprompt.platform.method.pruning import SCORES, select_hardest
 from sfprompt.platform.method.registry import register_method
 from sfprompt.platform.method.session import Session
-from sfprompt.platform.method.steps import (kept_positions, local_loss_update, score_samples,
-                                            split_update)
+from sfprompt.platform.method.steps import (class_labels, kept_positions, local_loss_update,
+                                            score_samples, split_update)
 
 
 def _prompts_and_tail(name: str) -> bool:
@@ -41,11 +41,14 @@ def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_s
         batches = worker.batches(task.indices, cfg.train.eval_batch_size)
         scores = score_samples(worker.split, batches, SCORES[cfg.prune.score], s.generator,
                                s.flops)
-        kept = task.indices[kept_positions(select_hardest(scores, cfg.prune.keep, s.generator))]
+        labels = class_labels(worker.labels[task.indices]) if cfg.prune.per_class else None
+        kept = task.indices[kept_positions(select_hardest(
+            scores, cfg.prune.keep, s.generator, cfg.prune.skip_hardest, labels))]
     local_loss = train_loss = math.nan
     for _ in range(cfg.train.local_epochs):  # 3. local loss
-        local_loss = train_loss = local_loss_update(worker.split, s.batches(kept), s.optimizer,
-                                                    s.flops)
+        local_loss = train_loss = local_loss_update(
+            worker.split, s.batches(kept), s.optimizer, s.flops,
+            frozen_classifier=cfg.train.local_classifier == "frozen")
     for _ in range(cfg.train.split_epochs):  # 4. split
         train_loss = split_update(worker.split, s.batches(kept), s.optimizer, server, s.link,
                                   task.client, s.flops)

@@ -10,8 +10,8 @@ Client FLOPs are counted around client code only, so the server's work (which th
 server counts itself) never lands on the client's bill even in one process.
 
 The cost model (costmodel.py) runs these same steps on meta tensors, which have shapes
-but no values. Values leave a tensor in exactly two places, `loss_value` and
-`kept_positions`, and `apply_step` skips the optimizer on meta (it changes no value
+but no values. Values leave a tensor in exactly three places, `loss_value`,
+`kept_positions` and `class_labels`, and `apply_step` skips the optimizer on meta (it changes no value
 anyone could read, and neither sends nor counts anything); they are the dry-run seam,
 and nothing else here knows about meta.
 """
@@ -44,6 +44,12 @@ def kept_positions(selected: torch.Tensor) -> np.ndarray:
     return np.arange(selected.shape[0]) if selected.is_meta else selected.numpy()
 
 
+def class_labels(labels: torch.Tensor) -> torch.Tensor | None:
+    """Labels for per-class pruning. A dry run has none, so it prunes the shard as one
+    class: per class, a real run keeps up to one more sample per class (ceil each)."""
+    return None if labels.is_meta else labels
+
+
 def apply_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """Step on the gradients of `loss`, then clear them; a dry run only clears. The
     optimizer's step pre-hooks run inside `step` (FedProx's proximal gradient, session.py)."""
@@ -65,12 +71,15 @@ def score_samples(split: SplitModel, batches: Batches, score: Score, generator: 
 
 
 def _train_epoch(split: SplitModel, forward: Callable[[torch.Tensor], torch.Tensor],
-                 batches: Batches, optimizer: torch.optim.Optimizer, flops: Flops) -> float:
-    """One epoch of cross-entropy through `forward`, all on the client; mean loss."""
+                 batches: Batches, optimizer: torch.optim.Optimizer, flops: Flops,
+                 frozen: str = "") -> float:
+    """One epoch of cross-entropy through `forward`, all on the client; mean loss.
+    `frozen` names what the caller froze for this epoch only, which the FLOP meter's
+    context (the round's trainable parameters) does not see."""
     total, count = 0.0, 0
     with split.training():
         for images, labels in batches:
-            with flops.count("client", "train", forward.__name__, shape_of(images)):
+            with flops.count("client", "train", forward.__name__, frozen, shape_of(images)):
                 loss = F.cross_entropy(forward(images), labels)
                 loss.backward()
             apply_step(optimizer, loss)
@@ -79,9 +88,20 @@ def _train_epoch(split: SplitModel, forward: Callable[[torch.Tensor], torch.Tens
 
 
 def local_loss_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,
-                      flops: Flops) -> float:
-    """One epoch of the local-loss update; returns the mean training loss."""
-    return _train_epoch(split, split.local, batches, optimizer, flops)
+                      flops: Flops, frozen_classifier: bool = False) -> float:
+    """One epoch of the local-loss update; returns the mean training loss. A frozen
+    classifier gets no gradient (so no step, and its weight gradients are not computed
+    or counted)."""
+    if not frozen_classifier:
+        return _train_epoch(split, split.local, batches, optimizer, flops)
+    params = [p for p in split.tail.classifier.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return _train_epoch(split, split.local, batches, optimizer, flops, "classifier")
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def full_update(split: SplitModel, batches: Batches, optimizer: torch.optim.Optimizer,

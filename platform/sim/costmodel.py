@@ -7,8 +7,9 @@ input size, and everything is counted by the same `Link` and `count_flops` a rea
 uses. Meta tensors have shapes and no values, so every count that depends only on
 shapes comes out exactly as in a real run, while nothing is allocated or computed:
 ViT-L/16 at 224 px costs without a GPU. The dry-run seam in steps.py is the only code
-that knows: values leave a tensor in two places (a loss for the record, the positions
-pruning keeps), and optimizer steps, which move no byte and no counted FLOP, are skipped.
+that knows: values leave a tensor in three places (a loss for the record, the positions
+pruning keeps, the labels of per-class pruning: a dry run prunes the shard as one
+class), and optimizer steps, which move no byte and no counted FLOP, are skipped.
 
 One thing differs on meta: `scaled_dot_product_attention` picks torch's math kernel
 there, where a CPU or GPU run takes a fused kernel whose backward recomputes the

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from platform_tests.test_protocols import FakeSplit, StubBackend
+
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.loop.rounds import run_rounds

@@ -10,8 +10,10 @@ from tinyvit import tiny_vit
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.loop.world import build_world, world_config
 from sfprompt.platform.method.client import ClientTask, ClientWorker
+from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.method.registry import METHODS, prompt_length
 from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.method.sfprompt import sfprompt_round
 from sfprompt.platform.method.trainable import make_optimizer, set_trainable
 from sfprompt.platform.model.build import build_split
 from sfprompt.platform.model.split import split_vit
@@ -178,3 +180,20 @@ def test_optimizer_has_one_learning_rate_per_kind_of_parameter(name, kind):
                                for n in groups[0.1])
     if name == "sgd":
         assert all(g["momentum"] == 0.5 for g in optimizer.param_groups)
+
+
+def test_sfprompt_takes_its_pruning_and_local_loss_options_from_the_config():
+    _, worker, task, server = _worker_and_task("sfprompt", n=12)
+    labels = worker.labels[task.indices]
+    state = {k: v.clone() for k, v in worker.state().items()}
+    per_class = sum(keep_count(int((labels == c).sum()), 0.3) for c in labels.unique())
+    assert per_class != keep_count(12, 0.3)  # the test tells the two apart
+    result = sfprompt_round(_cfg("sfprompt", "prune.keep=0.3", "prune.per_class=true"),
+                            worker, task, state, server)
+    assert result.num_kept == per_class
+    # Only the local-loss epoch, its classifier frozen: the uploaded classifier is the
+    # downloaded one, and the prompts moved.
+    result = sfprompt_round(_cfg("sfprompt", "train.split_epochs=0",
+                                 "train.local_classifier=frozen"), worker, task, state, server)
+    assert torch.equal(result.state["tail.classifier.weight"], state["tail.classifier.weight"])
+    assert not torch.equal(result.state["head.prompts"], state["head.prompts"])

@@ -31,6 +31,27 @@ def test_select_hardest_keeps_highest_scores():
     assert select_hardest(scores, 1.0, g).tolist() == [0, 1, 2, 3, 4]
 
 
+def test_skip_hardest_passes_over_the_very_hardest_first():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.0])
+    g = torch.Generator().manual_seed(0)
+    # hardest first: 1 (0.9), 3, 5, 7, 2, 8, 6, 4, 0, 9
+    assert select_hardest(scores, 0.3, g, skip=0.2).tolist() == [2, 5, 7]  # 5, 7, 2
+    assert select_hardest(scores, 0.3, g, skip=0.0).tolist() == [1, 3, 5]
+    # keep + skip past the end: the skip shrinks to keep the keep fraction
+    assert select_hardest(scores, 0.5, g, skip=0.7).tolist() == [0, 4, 6, 8, 9]
+
+
+def test_per_class_keeps_the_hardest_of_each_class():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1, 0.2, 0.6, 0.5])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    g = torch.Generator().manual_seed(0)
+    # class 0: ceil(0.5 x 3) = 2 of 0.9, 0.8, 0.7; class 1: 2 of 0.1, 0.2, 0.6, 0.5
+    assert select_hardest(scores, 0.5, g, labels=labels).tolist() == [0, 1, 5, 6]
+    assert select_hardest(scores, 0.5, g).tolist() == [0, 1, 2, 5]  # the shard as one
+    # and with a skip per class: floor(0.34 x 3) = 1, floor(0.34 x 4) = 1
+    assert select_hardest(scores, 0.5, g, skip=0.34, labels=labels).tolist() == [1, 2, 4, 6]
+
+
 def test_select_hardest_breaks_ties_at_random_by_seed():
     # All tied (a uniform classifier's EL2N): a seeded random half, not the first half,
     # which on a class-grouped shard would be whole classes.

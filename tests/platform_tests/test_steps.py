@@ -111,6 +111,28 @@ def test_local_loss_update_sends_nothing_and_changes_only_trainables():
     assert flops["client"] > 0
 
 
+def test_a_frozen_classifier_stays_and_its_weight_gradient_is_neither_computed_nor_counted():
+    split, trainable, (x, y) = _setup()
+    classifier = split.tail.classifier
+    before = {n: p.clone() for n, p in split.client().named_parameters()}
+    runs, cache = {}, {}  # one FLOP cache: the frozen epoch must not hit the shared one's
+    for frozen in (False, True):
+        for n, p in split.client().named_parameters():
+            p.data.copy_(before[n])
+        flops = Flops(cache=cache)
+        opt = torch.optim.SGD(trainable, lr=0.1)
+        local_loss_update(split, [(x, y), (x[:3], y[:3])], opt, flops, frozen_classifier=frozen)
+        runs[frozen] = flops["client"], {n: p.clone() for n, p in split.client().named_parameters()}
+        assert all(p.requires_grad for p in classifier.parameters())  # trains again after
+    for n, p in runs[True][1].items():
+        changed = not torch.equal(before[n], p)
+        assert changed == (p.requires_grad and not n.startswith("tail.classifier")), n
+    assert not torch.equal(runs[False][1]["tail.classifier.weight"], before["tail.classifier.weight"])
+    # the classifier's weight gradient is a (C x B) @ (B x D) product: 2 B D C FLOPs a batch
+    c, d = classifier.weight.shape
+    assert runs[False][0] - runs[True][0] == 2 * (4 + 3) * d * c
+
+
 def test_server_flops_are_not_billed_to_the_client():
     split, trainable, (x, y) = _setup(h=1, t=1)
     server, flops = BodyServer(split.body), Flops()
