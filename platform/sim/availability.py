@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from sfprompt.platform.config.schema import AvailabilityConfig
-from sfprompt.platform.errors import SfpromptError, first_line
+from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.seeds import stream
 from sfprompt.platform.sim.profiles import Profile
+from sfprompt.platform.sim.tracefile import read_table
 
 _PHASE_STREAM = 0xD1A1  # keeps the diurnal phases apart from every other seeded stream
 
@@ -117,23 +118,11 @@ INTERVAL_COLUMNS = ("client", "start_s", "end_s")
 def read_intervals(path: str | Path, num_clients: int, period_s: float) -> list[Spans]:
     """Online intervals by client from a CSV or Parquet file; every problem is one line
     naming the file, column and row."""
-    import pandas as pd  # only traces need it
+    import pandas as pd  # only traces need it; the rest of platform/ is torch/numpy
 
     path = Path(path)
     key = "availability.trace"
-    if not path.is_file():
-        raise SfpromptError(f"{key} {path}: file not found")
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
-    if path.suffix.lower() not in readers:
-        raise SfpromptError(f"{key} {path}: expected a .csv or .parquet file")
-    try:
-        df = readers[path.suffix.lower()](path)
-    except Exception as err:  # any parser error is the file's fault, said in one line
-        raise SfpromptError(f"{key} {path}: cannot read ({first_line(err)})") from None
-    for column in INTERVAL_COLUMNS:
-        if column not in df.columns:
-            raise SfpromptError(f"{key} {path}: missing column {column!r} "
-                                f"(needs {', '.join(INTERVAL_COLUMNS)})")
+    df = read_table(key, path, INTERVAL_COLUMNS)
     values = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
               for c in INTERVAL_COLUMNS}  # each (rows,)
     client, start, end = values["client"], values["start_s"], values["end_s"]

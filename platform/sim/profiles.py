@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from sfprompt.platform.config.schema import ProfilesConfig
-from sfprompt.platform.errors import ConfigError, SfpromptError, first_line
+from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.registry import Registry
 from sfprompt.platform.seeds import stream
+from sfprompt.platform.sim.tracefile import read_table
 
 G, T, MBIT, MS, GIB = 1e9, 1e12, 1e6, 1e-3, 2**30
 
@@ -232,19 +233,7 @@ def read_trace(path: str | Path, num_clients: int) -> list[Profile]:
     import pandas as pd  # only traces need it; the rest of platform/ is torch/numpy
 
     path = Path(path)
-    if not path.is_file():
-        raise SfpromptError(f"profiles.trace {path}: file not found")
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
-    if path.suffix.lower() not in readers:
-        raise SfpromptError(f"profiles.trace {path}: expected a .csv or .parquet file")
-    try:
-        df = readers[path.suffix.lower()](path)
-    except Exception as err:  # any parser error is the file's fault, said in one line
-        raise SfpromptError(f"profiles.trace {path}: cannot read ({first_line(err)})") from None
-    for column in TRACE_COLUMNS:
-        if column not in df.columns:
-            raise SfpromptError(f"profiles.trace {path}: missing column {column!r} "
-                                f"(needs {', '.join(TRACE_COLUMNS)})")
+    df = read_table("profiles.trace", path, list(TRACE_COLUMNS))
     if len(df) != num_clients:
         raise SfpromptError(f"profiles.trace {path}: {len(df)} rows but fed.num_clients = "
                             f"{num_clients} (one row per client)")
