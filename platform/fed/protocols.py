@@ -1,8 +1,9 @@
 """Round protocols: how many clients a round samples, which of those that ran are
 aggregated, and when the round ends in simulated time.
 
-A protocol is one registered `Protocol`: `sample_size(fed)` and `select(fed, finish)`,
-where `finish` holds the simulated finish time of every client that ran (clock.py).
+A protocol is one registered `Protocol`: `sample_size(fed)` and `select(fed, finish,
+gone)`, where `finish` holds the simulated finish time of every client that ran
+(clock.py), or for one that went offline first (`gone`, availability.py) when it left.
 Each client of a round ends with one status:
 
     ok        aggregated
@@ -34,13 +35,15 @@ from sfprompt.platform.seeds import stream
 STATUSES = ("ok", "late", "dropped", "offline", "failed")
 _AVAILABILITY_STREAM = 0xA7A1  # keeps availability draws apart from other seeded streams
 
-Select = Callable[[FedConfig, Sequence[float]], tuple[list[str], float]]
+# (fed, finish time of each client that ran, whether it left before finishing: then its
+# "finish" is when it left) -> (statuses, round seconds). A client that left is dropped.
+Select = Callable[[FedConfig, Sequence[float], Sequence[bool] | None], tuple[list[str], float]]
 
 
 @dataclass(frozen=True)
 class Protocol:
     sample_size: Callable[[FedConfig], int]
-    select: Select  # finish times of the clients that ran -> (statuses, round seconds)
+    select: Select
 
 
 PROTOCOLS: Registry[Protocol] = Registry("round protocol")
@@ -57,19 +60,26 @@ def register_protocol(name: str, sample_size: Callable[[FedConfig], int] = _clie
     return add
 
 
+def _dropped_if_gone(statuses: list[str], gone: Sequence[bool] | None) -> list[str]:
+    return statuses if gone is None else ["dropped" if g else s for s, g in zip(statuses, gone)]
+
+
 @register_protocol("wait_all")
-def wait_all(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], float]:
-    """Everyone is aggregated; the round lasts as long as its slowest client."""
-    return ["ok"] * len(finish), max(finish, default=0.0)
+def wait_all(fed: FedConfig, finish: Sequence[float],
+             gone: Sequence[bool] | None = None) -> tuple[list[str], float]:
+    """Everyone is aggregated; the round lasts until its slowest client finishes (or
+    leaves)."""
+    return _dropped_if_gone(["ok"] * len(finish), gone), max(finish, default=0.0)
 
 
 @register_protocol("deadline")
-def deadline(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], float]:
+def deadline(fed: FedConfig, finish: Sequence[float],
+             gone: Sequence[bool] | None = None) -> tuple[list[str], float]:
     """Clients finishing after `fed.deadline_s` are late; the coordinator waits for the
     deadline only when someone misses it."""
     statuses = ["ok" if t <= fed.deadline_s else "late" for t in finish]
     end = fed.deadline_s if "late" in statuses else max(finish, default=0.0)
-    return statuses, end
+    return _dropped_if_gone(statuses, gone), end
 
 
 def over_commit_size(fed: FedConfig) -> int:
@@ -78,12 +88,17 @@ def over_commit_size(fed: FedConfig) -> int:
 
 
 @register_protocol("over_commit", sample_size=over_commit_size)
-def over_commit(fed: FedConfig, finish: Sequence[float]) -> tuple[list[str], float]:
+def over_commit(fed: FedConfig, finish: Sequence[float],
+                gone: Sequence[bool] | None = None) -> tuple[list[str], float]:
     """The first `clients_per_round` to finish are aggregated (ties: lower position
-    first) and the round ends with the last of them; the others are dropped."""
-    order = sorted(range(len(finish)), key=lambda i: (finish[i], i))
+    first) and the round ends with the last of them; the others are dropped. A client
+    that left takes no place; when too few finish, the round waits for everyone."""
+    gone = gone or [False] * len(finish)
+    order = sorted((i for i in range(len(finish)) if not gone[i]), key=lambda i: (finish[i], i))
     kept = set(order[:fed.clients_per_round])
     statuses = ["ok" if i in kept else "dropped" for i in range(len(finish))]
+    if len(kept) < fed.clients_per_round:
+        return statuses, max(finish, default=0.0)
     return statuses, max((finish[i] for i in kept), default=0.0)
 
 

@@ -162,8 +162,8 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     left = [_left(schedule, r.client, start, t.finish) for r, t in zip(results, times)]
     # The coordinator hears of a client that left when it leaves, instead of its finish.
     statuses, seconds = protocol.select(
-        cfg.fed, [t.finish if math.isnan(g) else g for t, g in zip(times, left)])
-    statuses = [s if math.isnan(g) else "dropped" for s, g in zip(statuses, left)]
+        cfg.fed, [t.finish if math.isnan(g) else g for t, g in zip(times, left)],
+        [not math.isnan(g) for g in left])
     progress.elapsed += wait + seconds
     outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f, left=g)
                        for r, s, t, f, g in zip(results, statuses, times, faults, left)]

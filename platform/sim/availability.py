@@ -17,9 +17,8 @@ reached, and samples only clients online then (when nobody is, it waits for the 
 to come online: `sim.wait_seconds`). A client whose online window closes before it
 finishes is `dropped`: its update is lost, and `sim.left_seconds` records when it
 went. As with late clients (protocols.py), its work ran in full to be counted. The
-round protocol sees the moment it left as its finish (the coordinator hears of it
-then): `wait_all` waits for it that long, and under `over_commit` it takes one of the
-first `clients_per_round` places, as a reply the coordinator stops waiting for.
+round protocol hears of it when it leaves: `wait_all` waits that long for it, and
+under `over_commit` it takes none of the first `clients_per_round` places.
 """
 
 from __future__ import annotations

@@ -39,6 +39,19 @@ def test_selection_rules_by_hand():
         assert select(FedConfig(), []) == ([], 0.0)
 
 
+def test_a_client_that_left_is_dropped_when_it_left():
+    finish, gone = [4.0, 1.0, 3.0, 2.0], [False, True, False, False]  # 1 left at 1 s
+    assert wait_all(FedConfig(), finish, gone) == (["ok", "dropped", "ok", "ok"], 4.0)
+    assert deadline(FedConfig(deadline_s=3.5), finish, gone) == \
+        (["late", "dropped", "ok", "ok"], 3.5)
+    # K = 2: the first two to *finish* (3 at 2 s, 2 at 3 s), not the one that left
+    assert over_commit(FedConfig(clients_per_round=2), finish, gone) == \
+        (["dropped", "dropped", "ok", "ok"], 3.0)
+    # K = 4 with three left to finish: the round waits for everyone, the leaver too
+    assert over_commit(FedConfig(clients_per_round=4), [4.0, 5.0, 3.0, 2.0], gone) == \
+        (["ok", "dropped", "ok", "ok"], 5.0)
+
+
 def test_over_commit_samples_ceil_c_times_k():
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1.3)) == 13
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1.05)) == 11
