@@ -18,7 +18,6 @@ or a missing test, and a Markdown table at the end; the README keeps the latest 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -36,7 +35,9 @@ MODULES = {
                     [f"{T}/test_aggregation_rules.py", f"{T}/test_pruning_aggregation.py"]),
     "clock": ("platform/sim/clock.py", [f"{T}/test_clock.py"]),
     "partition": ("platform/data/partition.py", [f"{T}/test_partition.py"]),
-    "sampling": ("platform/fed/sampling.py", [f"{T}/test_protocols.py"]),
+    "sampling": ("platform/fed/sampling.py", [f"{T}/test_protocols.py",
+                                             f"{T}/test_availability.py"]),
+    "availability": ("platform/sim/availability.py", [f"{T}/test_availability.py"]),
     "protocols": ("platform/fed/protocols.py", [f"{T}/test_protocols.py"]),
     "codecs": ("platform/wire/codecs.py", [f"{T}/test_compression.py"]),
     "link": ("platform/wire/link.py", [f"{T}/test_accounting.py"]),

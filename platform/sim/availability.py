@@ -79,9 +79,9 @@ class Schedule:
 
 
 def _merged(spans: Spans) -> Spans:
-    """Sorted, with overlapping or touching intervals joined."""
+    """Sorted, empty ones left out, overlapping or touching ones joined."""
     out: Spans = []
-    for start, end in sorted(spans):
+    for start, end in sorted(s for s in spans if s[1] > s[0]):
         if out and start <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], end))
         else:

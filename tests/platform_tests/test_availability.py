@@ -32,7 +32,10 @@ def test_windows_by_hand():
     assert Schedule([[(10.0, 20.0)], [(30.0, 40.0)]], 100.0).first_online(25.0) == 30.0
     assert Schedule([[(10.0, 20.0)]], 100.0).first_online(25.0) == 110.0
     assert Schedule([[(10.0, 20.0)]], 100.0).first_online(12.0) == 12.0
-    with pytest.raises(SfpromptError, match="no client is ever online"):
+    assert Schedule([[(10.0, 20.0)]], 100.0).first_online(205.0) == 210.0  # a later period
+    assert Schedule([[(10.0, 20.0)]], 100.0).first_online(225.0) == 310.0
+    assert Schedule([[(0.0, 0.0), (50.0, 60.0)]], 100.0).first_online(70.0) == 150.0
+    with pytest.raises(SfpromptError, match="^availability: no client is ever online$"):
         Schedule([[], []], 100.0).first_online(0.0)
 
 
@@ -54,6 +57,16 @@ def test_diurnal_windows_last_the_availability_fraction_of_the_period():
     assert make_schedule(load_config(None, []).availability, _profiles([1.0]), 0) is None
 
 
+def test_diurnal_phases_are_uniform_over_the_period():
+    # Half-day windows from a uniform phase: a client is online at any moment with
+    # probability one half (the window [phase, phase + 1) of a 2 s day covers 0.25 s
+    # when phase <= 0.25 or phase > 1.25).
+    cfg = load_config(None, ["availability.model=diurnal", "availability.period_s=2"])
+    schedule = make_schedule(cfg.availability, _profiles([0.5] * 4000), seed=0)
+    for t in (0.25, 1.0, 1.9):
+        assert len(schedule.online_at(t)) / 4000 == pytest.approx(0.5, abs=0.03)
+
+
 def _trace(tmp_path, rows, name="online.csv"):
     path = tmp_path / name
     pd.DataFrame(rows, columns=["client", "start_s", "end_s"]).to_csv(path, index=False)
@@ -61,7 +74,7 @@ def _trace(tmp_path, rows, name="online.csv"):
 
 
 @pytest.mark.parametrize("rows, message", [
-    ([(0, 0, 10), (7, 0, 10)], "column 'client' row 1 must be a client index in [0, 6), got 7"),
+    ([(0, 0, 10), (6, 0, 10)], "column 'client' row 1 must be a client index in [0, 6), got 6"),
     ([(0, 0, 10), (1.5, 0, 10)], "column 'client' row 1 must be a client index"),
     ([(0, -1, 10)], "column 'start_s' row 0 must be >= 0, got -1"),
     ([(0, 5, 5)], "column 'end_s' row 0 must be after start_s"),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sfprompt.platform.config.schema import FedConfig
+from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.fed.aggregation import AGGREGATIONS, fedavg
 from sfprompt.platform.method.pruning import SCORES, el2n, keep_count, select_hardest
 
@@ -50,6 +51,16 @@ def test_per_class_keeps_the_hardest_of_each_class():
     assert select_hardest(scores, 0.5, g).tolist() == [0, 1, 2, 5]  # the shard as one
     # and with a skip per class: floor(0.34 x 3) = 1, floor(0.34 x 4) = 1
     assert select_hardest(scores, 0.5, g, skip=0.34, labels=labels).tolist() == [1, 2, 4, 6]
+    # three classes of 2, 1 and 3: ceil(0.4 x n) = 1, 1, 2 of each
+    scores = torch.tensor([0.3, 0.4, 0.9, 0.1, 0.8, 0.5])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    assert select_hardest(scores, 0.4, g, labels=labels).tolist() == [1, 2, 4, 5]
+
+
+def test_an_unknown_score_names_the_key_and_the_registry():
+    with pytest.raises(ConfigError, match=r"^prune.score: unknown pruning score 'hard' "
+                                          r"\(known: el2n, random\)$"):
+        SCORES.check("prune.score", "hard")
 
 
 def test_select_hardest_breaks_ties_at_random_by_seed():
