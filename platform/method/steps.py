@@ -11,9 +11,9 @@ server counts itself) never lands on the client's bill even in one process.
 
 The cost model (costmodel.py) runs these same steps on meta tensors, which have shapes
 but no values. Values leave a tensor in exactly three places, `loss_value`,
-`kept_positions` and `class_labels`, and `apply_step` skips the optimizer on meta (it changes no value
-anyone could read, and neither sends nor counts anything); they are the dry-run seam,
-and nothing else here knows about meta.
+`kept_positions` and `class_labels`, and `apply_step` skips the optimizer on meta (it
+changes no value anyone could read, and neither sends nor counts anything); they are
+the dry-run seam, and nothing else here knows about meta.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def _window(phase: float, fraction: float, period: float) -> Spans:
         return [(0.0, period)]
     end = phase + fraction * period
     if end <= period:
-        return [(phase, end)] if end > phase else []
+        return [(phase, end)]  # empty for fraction 0: Schedule leaves it out
     return [(0.0, end - period), (phase, period)]
 
 
