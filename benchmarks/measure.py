@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import statistics
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import torch
 
 from sfprompt.results.markdown import markdown_table
@@ -25,31 +25,22 @@ def log(msg: str) -> None:
 
 
 class PeakPss:
-    """Largest total PSS in MiB of this process and its descendants while inside."""
+    """Largest total PSS in MiB of this process and its descendants while inside,
+    sampled every `interval_s` by a niced process of its own (pss.py says why)."""
 
-    def __init__(self) -> None:
-        self.peak, self._stop = 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while True:
-            me, total = psutil.Process(), 0
-            for proc in [me] + me.children(recursive=True):
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            self.peak = max(self.peak, total / MIB)
-            if self._stop.wait(1.0):
-                return
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.peak, self.interval_s = math.nan, interval_s
 
     def __enter__(self) -> PeakPss:
-        self._thread.start()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pss.py")
+        self._sampler = subprocess.Popen(
+            [sys.executable, script, str(os.getpid()), str(self.interval_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        out, _ = self._sampler.communicate("")  # closing its stdin ends it
+        self.peak = int(out) / MIB
 
 
 def rate(step: Callable[[], object], flops: float, seconds: float = 3.0) -> float:
