@@ -1,6 +1,6 @@
 """Throughput: what the project costs over plain PyTorch, and how near the machine it gets.
 
-    python benchmarks/throughput.py [--part a,b,c,d] [--rounds 3] [--ks 4,8]
+    python benchmarks/throughput.py [--part a,b,c,d,e] [--rounds 3] [--ks 4,8]
         [--precisions fp32,bf16] [--threads N] [--registered 1000] [--per-round 100,1000]
         [--workers inline,thread,actor] [key=value ...]
 
@@ -35,6 +35,11 @@
 (d) Evaluation off the critical path: the default run (ray) with each `eval.worker` in
     turn, seconds per round over the whole run (start-up excluded) and round 1, each
     divided by inline's, with the peak PSS.
+(e) The fixed cost inside a client's round: in this process at 1 thread, the local
+    backend's rounds of part (b)'s first --per-round clients against client_steps' plain
+    loop at the same shapes, alternating, --rounds times (best of each). What part (b)
+    measures on top of it is the trip through Ray (benchmarks/ray_call.py) and the cores
+    the coordinator and Ray's processes take from the actors.
 
 Threads: `--threads` (default: this machine's CPUs) is the torch thread count of this
 process (plain loop, local backend, coordinator and evaluation, R and sgemm). Project runs
@@ -73,8 +78,8 @@ from sfprompt.platform.fed.protocols import is_online
 from sfprompt.platform.fed.sampling import client_seed, sample_clients
 from sfprompt.platform.loop.backend import LocalBackend
 from sfprompt.platform.loop.rounds import run_rounds
-from sfprompt.platform.loop.world import build_world
-from sfprompt.platform.method.client import ClientWorker
+from sfprompt.platform.loop.world import build_world, initial_progress
+from sfprompt.platform.method.client import ClientTask, ClientWorker
 from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
 from measure import PeakPss, concurrent_rate, log, rate, steady, table  # benchmarks/measure.py
@@ -229,8 +234,10 @@ def part_a(args: argparse.Namespace, config: Configure) -> None:
     print(table(rows))
 
 
-def part_b(args: argparse.Namespace, config: Configure) -> None:
-    repeats = math.ceil(args.registered * SAMPLES_B / 4000)  # MNIST has 4,000 to train on
+def register_repeated(registered: int) -> None:
+    """Part (b)'s dataset: MNIST's 4,000 training digits repeated to `registered` clients
+    of SAMPLES_B, registered in this process only."""
+    repeats = math.ceil(registered * SAMPLES_B / 4000)
 
     @register_dataset("mnist_repeated")
     def _mnist_repeated(root, *, test_fraction: float, seed: int, download: bool):
@@ -238,6 +245,9 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
         return dataclasses.replace(base, train_images=base.train_images.repeat(repeats, 1, 1, 1),
                                    train_labels=base.train_labels.repeat(repeats))
 
+
+def part_b(args: argparse.Namespace, config: Configure) -> None:
+    register_repeated(args.registered)
     rows = []
     for per_round in args.per_round:
         cfg = config(PART_B + [f"fed.num_clients={args.registered}",
@@ -301,6 +311,41 @@ def part_d(args: argparse.Namespace, config: Configure) -> None:
     print(table(rows))
 
 
+def part_e(args: argparse.Namespace, config: Configure) -> None:
+    """The fixed cost inside a client's round, in one process at 1 thread: the local
+    backend's rounds of part (b)'s clients against client_steps, alternating."""
+    register_repeated(args.registered)
+    torch.set_num_threads(1)
+    cfg = config(PART_B + [f"fed.num_clients={args.registered}", "run.threads=1",
+                           f"data.max_samples={args.registered * SAMPLES_B}"])
+    world = build_world(cfg)
+    backend = LocalBackend(world)
+    state = initial_progress(world).global_state
+    n = min(args.per_round[0], args.registered)
+    tasks = [ClientTask(c, 1, world.shards[c], client_seed(cfg.run.seed, 1, c), first_visit=True)
+             for c in range(n)]
+    step, flops = client_steps(cfg, SAMPLES_B)
+    backend.run_clients(tasks[:10], state)  # warm-up: the FLOP cache, allocator, kernels
+    project, plain = [], []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        backend.run_clients(tasks, state)
+        project.append((time.perf_counter() - start) / n)
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        plain.append((time.perf_counter() - start) / n)
+    best_project, best_plain = min(project), min(plain)
+    print(f"\n(e) one process, 1 thread, {n} clients of {SAMPLES_B} samples, best of "
+          f"{args.rounds}\n")
+    print(table([{"project ms/client": f"{1e3 * best_project:.2f}",
+                  "plain ms/client": f"{1e3 * best_plain:.2f}",
+                  "fixed ms/client": f"{1e3 * (best_project - best_plain):.2f}",
+                  "project ÷ plain": f"{best_project / best_plain:.3f}",
+                  "plain GFLOP/s": f"{flops / best_plain / 1e9:.1f}"}]))
+    torch.set_num_threads(args.threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
@@ -324,7 +369,7 @@ def main() -> None:
 
     log(f"{os.cpu_count()} CPUs, {args.threads} torch threads per process, "
         f"load average {os.getloadavg()[0]:.1f}")
-    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
+    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}
     try:
         for name in args.part.split(","):
             parts[name](args, config)
