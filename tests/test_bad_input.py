@@ -199,7 +199,8 @@ CONFIG_CASES = [
     overrides("prune.skip_hardest=0.6"),  # with keep 0.5: past the last sample
     overrides("prune.skip_hardest=-0.1"),
     overrides("prune.per_class=maybe"),
-    overrides("train.local_classifier=separate"),
+    overrides("train.local_classifier=separately"),
+    overrides("train.local_classifier=separate", "train.method=fl"),
     overrides("data.test_fraction=1"),
     overrides("fed.num_clients=-3"),
     overrides("fed.rounds=-1"),

@@ -64,8 +64,10 @@ class TrainConfig:
     # Epochs of the local-loss update (local path, body skipped) per round.
     local_epochs: int = 1
     # The classifier during the local-loss update: "shared" (it trains on the local
-    # path's features too) or "frozen" (only the prompts and tail blocks do: the local
-    # path's features differ from the full path's, which the classifier serves).
+    # path's features too), "frozen" (only the prompts and tail blocks do: the local
+    # path's features differ from the full path's, which the classifier serves) or
+    # "separate" (the local path has a classifier of its own, trained and averaged with
+    # the tail, never used on the full path; methods with a local path only).
     local_classifier: str = "shared"
     # Epochs of split training (through the server body) per round.
     split_epochs: int = 1
@@ -171,7 +173,7 @@ NETWORK_MODES = ("simulated", "realtime")
 
 
 AVAILABILITY_MODELS = ("per_round", "diurnal", "trace")
-LOCAL_CLASSIFIERS = ("shared", "frozen")
+LOCAL_CLASSIFIERS = ("shared", "frozen", "separate")
 
 
 @dataclass(frozen=True)

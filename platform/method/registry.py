@@ -31,6 +31,7 @@ class Method:
     client_body: bool = False      # the whole model is on the client: nothing is split
     prompts: bool = True           # the model gets `prompt.length` prompts
     pooled: bool = False           # one client holds all training data (no federation)
+    local_path: bool = False       # the round uses the local path (head -> tail)
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -30,7 +30,7 @@ def _prompts_and_tail(name: str) -> bool:
     return name == "head.prompts" or name.startswith("tail.")
 
 
-@register_method("sfprompt", trains=_prompts_and_tail)
+@register_method("sfprompt", trains=_prompts_and_tail, local_path=True)
 def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_state: State,
                    server) -> ClientResult:
     """Download, EL2N pruning, local-loss update, split training, upload (docs/design.md,

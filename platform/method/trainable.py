@@ -30,10 +30,12 @@ def set_trainable(split: SplitModel, method: Method) -> None:
 
 
 def parameter_kind(name: str) -> str:
-    """prompts | classifier (both start from scratch) | pretrained."""
+    """prompts | classifier (both start from scratch; the local path's own classifier
+    too) | pretrained."""
     if name == "head.prompts":
         return "prompts"
-    return "classifier" if name.startswith("tail.classifier.") else "pretrained"
+    classifier = name.startswith(("tail.classifier.", "tail.local_classifier."))
+    return "classifier" if classifier else "pretrained"
 
 
 def is_new(name: str) -> bool:

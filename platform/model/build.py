@@ -44,6 +44,6 @@ def method_split(cfg: Config, vit: VisionTransformer) -> SplitModel:
     if cfg.model.probe_norm:
         add_probe_norm(vit)
     split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, prompt_length(cfg),
-                      cfg.split.local_pool)
+                      cfg.split.local_pool, cfg.train.local_classifier == "separate")
     set_trainable(split, METHODS[cfg.train.method])
     return split

@@ -12,6 +12,8 @@ local-loss update.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -83,9 +85,12 @@ class Body(nn.Module):
 class Tail(nn.Module):
     """Client side after the body: last blocks, final norm, pooling and the classifier.
     A MAP head's attention pool (timm's `attn_pool`, SigLIP) is pooling, so it is here
-    and trains with the tail."""
+    and trains with the tail. With `local_classifier`, the local path reads out through a
+    classifier of its own (a copy of the model's, `local_classifier`), and the full path
+    through the model's."""
 
-    def __init__(self, vit: VisionTransformer, tail_blocks: int, prompt_length: int) -> None:
+    def __init__(self, vit: VisionTransformer, tail_blocks: int, prompt_length: int,
+                 local_classifier: bool = False) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*vit.blocks[len(vit.blocks) - tail_blocks:])
         # `classifier`, not timm's `head`: the head is SFPrompt's client-side first part.
@@ -93,14 +98,17 @@ class Tail(nn.Module):
         distilled = getattr(vit, "head_dist", None)
         self.classifier = vit.head if distilled is None else DistilledClassifier(vit.head,
                                                                                  distilled)
+        self.local_classifier = copy.deepcopy(self.classifier) if local_classifier else None
         self.global_pool = vit.global_pool
         self.attn_pool = vit.attn_pool  # None unless global_pool == "map"
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool_include_prefix = vit.pool_include_prefix
         self.prompt_length = prompt_length
 
-    def forward(self, x: torch.Tensor, pool: str | None = None) -> torch.Tensor:
-        """Logits from tokens (B, prefix + P + N, D); `pool` overrides the model's pooling."""
+    def forward(self, x: torch.Tensor, pool: str | None = None,
+                local: bool = False) -> torch.Tensor:
+        """Logits from tokens (B, prefix + P + N, D); `pool` overrides the model's pooling,
+        `local` (the local path) reads out through the local classifier if there is one."""
         x = self.norm(self.blocks(x))
         p = self.num_prefix_tokens
         x = torch.cat([x[:, :p], x[:, p + self.prompt_length:]], dim=1)  # (B, prefix + N, D)
@@ -110,13 +118,16 @@ class Tail(nn.Module):
         else:
             pooled = global_pool_nlc(x, pool_type=pool, num_prefix_tokens=p,
                                      reduce_include_prefix=self.pool_include_prefix)
-        if isinstance(self.classifier, DistilledClassifier):
+        classifier = self.classifier
+        if local and self.local_classifier is not None:
+            classifier = self.local_classifier
+        if isinstance(classifier, DistilledClassifier):
             # The distillation token's classifier reads that token (the second prefix
             # token) where the class token's reads the class token, else the same pool.
             dist = x[:, 1] if pool == "token" else pooled
-            return self.classifier(self.head_drop(self.fc_norm(pooled)),
-                                   self.head_drop(self.fc_norm(dist)))
-        return self.classifier(self.head_drop(self.fc_norm(pooled)))
+            return classifier(self.head_drop(self.fc_norm(pooled)),
+                              self.head_drop(self.fc_norm(dist)))
+        return classifier(self.head_drop(self.fc_norm(pooled)))
 
 
 class DistilledClassifier(nn.Module):
@@ -232,7 +243,7 @@ class SplitModel:
         for m in norms:
             m.local_path = True
         try:
-            return self.tail(self.head(images), pool=self.local_pool)
+            return self.tail(self.head(images), pool=self.local_pool, local=True)
         finally:
             for m in norms:
                 m.local_path = False
@@ -269,8 +280,9 @@ def check_splittable(vit: VisionTransformer) -> None:
 
 
 def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt_length: int,
-              local_pool: str = "auto") -> SplitModel:
-    """Cut `vit` at (head_blocks, tail_blocks). Every parameter starts frozen; the method
+              local_pool: str = "auto", local_classifier: bool = False) -> SplitModel:
+    """Cut `vit` at (head_blocks, tail_blocks), with a classifier of the local path's own
+    when `local_classifier` (Tail). Every parameter starts frozen; the method
     (method/trainable.py) unfreezes what it trains."""
     depth = len(vit.blocks)
     if head_blocks < 0 or tail_blocks < 0 or head_blocks + tail_blocks > depth:
@@ -279,8 +291,8 @@ def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt
     check_splittable(vit)
     head = Head(vit, head_blocks, prompt_length)
     body = Body(vit, head_blocks, tail_blocks)
-    tail = Tail(vit, tail_blocks, prompt_length)
-    for param in vit.parameters():
+    tail = Tail(vit, tail_blocks, prompt_length, local_classifier)
+    for param in itertools.chain(vit.parameters(), tail.parameters()):  # the copy too
         param.requires_grad_(False)
     if head.prompts is not None:
         head.prompts.requires_grad_(False)

@@ -21,6 +21,8 @@ CASES = [(m, ()) for m in sorted(METHODS) if m != "sfl"] + [
     ("sfl", ("compress.activations=bf16", "compress.gradients=int8")),
     # DeiT distilled: a second prefix token and a second classifier (each with its probe norm).
     ("sfprompt", ("model.name=deit_tiny_distilled_patch16_224",)),
+    # The local path's own classifier: it travels with the tail and trains on the local path.
+    ("sfprompt", ("train.local_classifier=separate",)),
 ]
 
 

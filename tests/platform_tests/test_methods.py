@@ -197,3 +197,50 @@ def test_sfprompt_takes_its_pruning_and_local_loss_options_from_the_config():
                                  "train.local_classifier=frozen"), worker, task, state, server)
     assert torch.equal(result.state["tail.classifier.weight"], state["tail.classifier.weight"])
     assert not torch.equal(result.state["head.prompts"], state["head.prompts"])
+
+
+def test_a_separate_local_classifier_reads_out_the_local_path_only():
+    x = torch.randn(3, 3, 32, 32)
+    reference = tiny_vit(seed=1)
+    want_full = reference(x)
+    separate = split_vit(tiny_vit(seed=1), 1, 1, prompt_length=0, local_classifier=True)
+    shared = split_vit(tiny_vit(seed=1), 1, 1, prompt_length=0)
+    new = torch.randn_like(separate.tail.local_classifier.weight)
+    with torch.no_grad():
+        separate.tail.local_classifier.weight.copy_(new)
+        shared.tail.classifier.weight.copy_(new)
+    assert separate.tail.local_classifier is not separate.tail.classifier
+    torch.testing.assert_close(separate.forward(x), want_full, rtol=0, atol=1e-5)
+    assert torch.equal(separate.local(x), shared.local(x))  # through the copy, as if it were the classifier
+    assert not torch.allclose(separate.local(x), reference.forward_head(
+        reference.forward_features(x)))
+
+
+def test_sfprompt_trains_a_separate_local_classifier_in_the_local_loss_epoch_only():
+    cfg = _cfg("sfprompt", "train.local_classifier=separate")
+    split, _ = build_split(cfg, num_classes=5)
+    client = dict(split.client().named_parameters())
+    local = {n for n in client if n.startswith("tail.local_classifier.")}
+    assert local == {"tail.local_classifier.linear.weight", "tail.local_classifier.linear.bias"}
+    assert all(client[n].requires_grad for n in local)
+    worker = ClientWorker(split, torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8,
+                                               generator=torch.Generator().manual_seed(2)),
+                          torch.arange(12) % 5, img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    groups = {g["lr"]: {n for n, p in client.items() if any(p is q for q in g["params"])}
+              for g in make_optimizer(cfg, worker).param_groups}
+    assert groups[cfg.train.lr] >= local  # it starts from scratch, as the classifier does
+    task = ClientTask(client=0, round=1, indices=np.arange(12), seed=3, first_visit=True)
+    server = BodyServer(split.body)
+    state = {k: v.clone() for k, v in worker.state().items()}
+    assert local <= set(state)  # it travels and is averaged with the tail
+    unchanged = lambda result, prefix: all(  # noqa: E731
+        torch.equal(result.state[n], state[n]) for n in state if n.startswith(prefix))
+    only_local = sfprompt_round(_cfg("sfprompt", "train.local_classifier=separate",
+                                     "train.split_epochs=0"), worker, task, state, server)
+    assert unchanged(only_local, "tail.classifier.")
+    assert not unchanged(only_local, "tail.local_classifier.")
+    only_split = sfprompt_round(_cfg("sfprompt", "train.local_classifier=separate",
+                                     "train.local_epochs=0", "prune.keep=1"),
+                                worker, task, state, server)
+    assert unchanged(only_split, "tail.local_classifier.")
+    assert not unchanged(only_split, "tail.classifier.")
