@@ -69,6 +69,9 @@ class TrainConfig:
     # "separate" (the local path has a classifier of its own, trained and averaged with
     # the tail, never used on the full path; methods with a local path only).
     local_classifier: str = "shared"
+    # The local-loss epochs step at this multiple of every learning rate below (1: the
+    # same steps as split training; the local path's gradients are another objective's).
+    local_lr_scale: float = 1.0
     # Epochs of split training (through the server body) per round.
     split_epochs: int = 1
     batch_size: int = 32

@@ -73,6 +73,8 @@ def validate(cfg: Config) -> None:
            f"must be a positive number, got {cfg.train.lr}")
     _check(cfg.train.prompt_lr >= 0 and math.isfinite(cfg.train.prompt_lr), "train.prompt_lr",
            f"must be >= 0, got {cfg.train.prompt_lr}")
+    _check(cfg.train.local_lr_scale >= 0 and math.isfinite(cfg.train.local_lr_scale),
+           "train.local_lr_scale", f"must be a number >= 0, got {cfg.train.local_lr_scale}")
     _check(cfg.train.pretrained_lr >= 0 and math.isfinite(cfg.train.pretrained_lr),
            "train.pretrained_lr", f"must be >= 0, got {cfg.train.pretrained_lr}")
     _check(cfg.train.weight_decay >= 0 and math.isfinite(cfg.train.weight_decay),

@@ -24,6 +24,7 @@ from sfprompt.platform.method.registry import register_method
 from sfprompt.platform.method.session import Session
 from sfprompt.platform.method.steps import (class_labels, kept_positions, local_loss_update,
                                             score_samples, split_update)
+from sfprompt.platform.method.trainable import scaled_lr
 
 
 def _prompts_and_tail(name: str) -> bool:
@@ -45,10 +46,11 @@ def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_s
         kept = task.indices[kept_positions(select_hardest(
             scores, cfg.prune.keep, s.generator, cfg.prune.skip_hardest, labels))]
     local_loss = train_loss = math.nan
-    for _ in range(cfg.train.local_epochs):  # 3. local loss
-        local_loss = train_loss = local_loss_update(
-            worker.split, s.batches(kept), s.optimizer, s.flops,
-            frozen_classifier=cfg.train.local_classifier == "frozen")
+    with scaled_lr(s.optimizer, cfg.train.local_lr_scale):
+        for _ in range(cfg.train.local_epochs):  # 3. local loss
+            local_loss = train_loss = local_loss_update(
+                worker.split, s.batches(kept), s.optimizer, s.flops,
+                frozen_classifier=cfg.train.local_classifier == "frozen")
     for _ in range(cfg.train.split_epochs):  # 4. split
         train_loss = split_update(worker.split, s.batches(kept), s.optimizer, server, s.link,
                                   task.client, s.flops)

@@ -7,7 +7,8 @@ no optimizer state between rounds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -64,3 +65,19 @@ def make_optimizer(cfg: Config, worker: ClientWorker) -> torch.optim.Optimizer:
     groups = [{"params": [p for n, p in named if parameter_kind(n) == kind], "lr": lr}
               for kind, lr in rates.items()]
     return OPTIMIZERS[cfg.train.optimizer]([g for g in groups if g["params"]], cfg)
+
+
+@contextmanager
+def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
+    """Every group of `optimizer` at `scale` times its learning rate while inside."""
+    if scale == 1.0:  # nothing to change, not even a float's rounding
+        yield
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * scale
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr

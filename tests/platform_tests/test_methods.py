@@ -14,7 +14,7 @@ from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.method.registry import METHODS, prompt_length
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.method.sfprompt import sfprompt_round
-from sfprompt.platform.method.trainable import make_optimizer, set_trainable
+from sfprompt.platform.method.trainable import make_optimizer, scaled_lr, set_trainable
 from sfprompt.platform.model.build import build_split
 from sfprompt.platform.model.split import split_vit
 from sfprompt.platform.wire.link import nbytes
@@ -244,3 +244,31 @@ def test_sfprompt_trains_a_separate_local_classifier_in_the_local_loss_epoch_onl
                                 worker, task, state, server)
     assert unchanged(only_split, "tail.local_classifier.")
     assert not unchanged(only_split, "tail.classifier.")
+
+
+def test_the_local_loss_epoch_steps_at_its_own_multiple_of_the_learning_rates():
+    _, worker, task, server = _worker_and_task("sfprompt", n=12)
+    state = {k: v.clone() for k, v in worker.state().items()}
+    only_local = ["train.split_epochs=0", "prune.keep=1", "train.optimizer=sgd",
+                  "train.momentum=0"]
+
+    def uploaded(*extra):
+        return sfprompt_round(_cfg("sfprompt", *only_local, *extra), worker, task, state,
+                              server).state
+
+    # Scale 0: the epoch runs and changes nothing; scale 2 equals every rate doubled
+    # (a power of two: the same floats) and differs from scale 1.
+    assert all(torch.equal(v, state[k]) for k, v in uploaded("train.local_lr_scale=0").items())
+    base = _cfg("sfprompt").train
+    doubled = uploaded(f"train.lr={2 * base.lr}", f"train.prompt_lr={2 * base.prompt_lr}",
+                       f"train.pretrained_lr={2 * base.pretrained_lr}")
+    scaled = uploaded("train.local_lr_scale=2")
+    assert all(torch.equal(scaled[k], doubled[k]) for k in state)
+    assert not all(torch.equal(scaled[k], v) for k, v in uploaded().items())
+    # The split epochs after it step at the rates as configured: the rates come back.
+    optimizer = make_optimizer(_cfg("sfprompt"), worker)
+    rates = [g["lr"] for g in optimizer.param_groups]
+    with pytest.raises(RuntimeError), scaled_lr(optimizer, 0.3):
+        assert [g["lr"] for g in optimizer.param_groups] == [r * 0.3 for r in rates]
+        raise RuntimeError
+    assert [g["lr"] for g in optimizer.param_groups] == rates
