@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sfprompt.platform.errors import SfpromptError
@@ -35,6 +36,8 @@ def save_checkpoint(run_dir: str | Path, progress: Progress, rounds: list[dict],
                "visited": sorted(int(c) for c in progress.visited),
                "elapsed": float(progress.elapsed), "server": progress.server,
                "aggregator": progress.aggregator,
+               "kept": {int(c): torch.from_numpy(np.asarray(k, dtype=np.int64))
+                        for c, k in progress.kept.items()},
                "rounds": [_plain(r) for r in rounds],
                "clients": [_plain(r) for r in clients]}
     with atomic_open(Path(run_dir) / CHECKPOINT) as f:
@@ -55,7 +58,8 @@ def load_checkpoint(run_dir: str | Path) -> tuple[Progress, list[dict], list[dic
                             f"this version reads {_FORMAT}")
     progress = Progress(global_state=payload["global_state"], round=payload["round"],
                         visited=set(payload["visited"]), elapsed=payload["elapsed"],
-                        server=payload["server"], aggregator=payload["aggregator"])
+                        server=payload["server"], aggregator=payload["aggregator"],
+                        kept={c: k.numpy() for c, k in payload.get("kept", {}).items()})
     return progress, payload["rounds"], payload["clients"]
 
 

@@ -55,6 +55,9 @@ class PruneConfig:
     skip_hardest: float = 0.0
     # Keep the hardest `keep` fraction of each class rather than of the whole shard.
     per_class: bool = False
+    # Score once, in a client's first round, and train on that subset in its later
+    # rounds (no scoring pass then); false: score every round, on the current model.
+    once: bool = False
 
 
 @dataclass(frozen=True)

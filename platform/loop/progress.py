@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from sfprompt.platform.method.client import State
@@ -31,3 +32,5 @@ class Progress:
     # The aggregation rule's memory (fed/aggregation.py: server momentum, moments by
     # name); empty for the rules that keep none (fedavg, fedprox).
     aggregator: dict[str, torch.Tensor] = field(default_factory=dict)
+    # prune.once: each client's subset from its first round (sample indices), by client.
+    kept: dict[int, np.ndarray] = field(default_factory=dict)

@@ -109,10 +109,11 @@ def _left(schedule: Schedule | None, client: int, start: float, finish: float) -
 
 def _copy(progress: Progress) -> Progress:
     """A copy that later rounds cannot change: they replace the global state's and the
-    aggregator's dicts (aggregation builds new ones) but grow `visited` in place."""
+    aggregator's dicts (aggregation builds new ones) but grow `visited` and `kept` in
+    place."""
     return dataclasses.replace(progress, global_state=dict(progress.global_state),
                                visited=set(progress.visited),
-                               aggregator=dict(progress.aggregator))
+                               aggregator=dict(progress.aggregator), kept=dict(progress.kept))
 
 
 def _train_round(world: World, backend: Backend, progress: Progress,
@@ -137,7 +138,8 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     wait = start - progress.elapsed
     tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
                         first_visit=c not in progress.visited,
-                        crash=client_crashes(cfg.faults, cfg.run.seed, round_, c))
+                        crash=client_crashes(cfg.faults, cfg.run.seed, round_, c),
+                        kept=progress.kept.get(c))
              for c in online]
     crashed = {t.client for t in tasks if t.crash}
     if crashed:
@@ -148,6 +150,7 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     results = sorted(backend.run_clients(tasks, progress.global_state) if tasks else [],
                      key=lambda r: r.client)
     progress.visited.update(r.client for r in results)  # the failed may not have the head
+    progress.kept.update((r.client, r.kept) for r in results if r.kept is not None)
     failed = sorted({t.client for t in tasks} - {r.client for r in results})
     if set(failed) - crashed:
         log.warning("round %d: client(s) %s failed: their work was lost",

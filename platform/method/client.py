@@ -30,6 +30,7 @@ class ClientTask:
     seed: int
     first_visit: bool  # the client has never received the frozen head
     crash: bool = False  # injected fault: the client's process dies on receiving this
+    kept: np.ndarray | None = None  # prune.once: the subset its first round kept
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ClientResult:
     messages: dict[str, int] = field(default_factory=dict)  # by traffic kind
     client_flops: int = 0
     server_flops: int = 0  # filled in by the coordinator from the server's counter
+    kept: np.ndarray | None = None  # prune.once: the subset it trained on, to keep
 
 
 def parameters_by_name(named: Mapping[str, torch.nn.Parameter], trainable: bool) -> State:

@@ -38,7 +38,9 @@ def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_s
     The method)."""
     s = Session(cfg, worker, task, global_state)  # 1. download
     kept = task.indices
-    if cfg.prune.keep < 1.0:  # 2. prune
+    if cfg.prune.keep < 1.0 and task.kept is not None:  # 2. prune: once, done before
+        kept = task.kept
+    elif cfg.prune.keep < 1.0:  # 2. prune
         batches = worker.batches(task.indices, cfg.train.eval_batch_size)
         scores = score_samples(worker.split, batches, SCORES[cfg.prune.score], s.generator,
                                s.flops)
@@ -54,4 +56,7 @@ def sfprompt_round(cfg: Config, worker: ClientWorker, task: ClientTask, global_s
     for _ in range(cfg.train.split_epochs):  # 4. split
         train_loss = split_update(worker.split, s.batches(kept), s.optimizer, server, s.link,
                                   task.client, s.flops)
-    return s.result(len(kept), train_loss, local_loss)  # 5. upload
+    result = s.result(len(kept), train_loss, local_loss)  # 5. upload
+    if cfg.prune.once and cfg.prune.keep < 1.0:
+        result.kept = kept  # the client keeps its subset for its later rounds
+    return result

@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, client_state
+from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
@@ -59,7 +60,8 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
                 first_visit: bool = True) -> ClientResult:
     """What one client holding `samples` samples spends in one round of `cfg`'s method:
     bytes and messages by kind, client FLOPs and the server FLOPs it causes.
-    `first_visit` adds the one-off frozen_download. Losses come back nan."""
+    `first_visit` adds the one-off frozen_download; a later visit under `prune.once`
+    trains on the subset its first visit kept, without scoring. Losses come back nan."""
     # Shapes only: no weights are read. (dataclasses.replace: `cfg` is valid already,
     # and validating again would build the model once more.)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="random"))
@@ -71,8 +73,11 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
     worker = ClientWorker(split, images, labels, **norm)
     method = METHODS[cfg.train.method]
     server = BodyServer(split.body, trains=method.server_trains, lr=cfg.train.pretrained_lr)
+    # A dry run keeps the first positions (steps.kept_positions): so did its first visit.
+    kept = (np.arange(keep_count(samples, cfg.prune.keep))
+            if cfg.prune.once and not first_visit else None)
     task = ClientTask(client=0, round=1, indices=np.arange(samples), seed=cfg.run.seed,
-                      first_visit=first_visit)
+                      first_visit=first_visit, kept=kept)
     global_state = client_state(split.client())
     with HostAttention():
         result = method.client_round(cfg, worker, task, global_state, server)

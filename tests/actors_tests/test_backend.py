@@ -96,16 +96,20 @@ def test_other_methods_equal_the_local_reference(ray_instance, tiny, rounds_both
     assert (backend.server_placement is None) == (method == "fl")
 
 
-def test_bf16_evaluation_and_availability_settings_equal_the_local_reference(
+def test_bf16_evaluation_availability_and_sfprompt_options_equal_the_local_reference(
         ray_instance, tiny, rounds_both_ways):
     # Autocast runs in the client and server actors as in the reference process, and
-    # the evaluation subset and schedule and who is online when are the coordinator's.
+    # the evaluation subset and schedule and who is online when are the coordinator's;
+    # so are the pruned subsets kept between rounds (prune.once), and the local path's
+    # own classifier travels with the tail.
     # Half the tiny run's training samples (bf16 is slow on CPUs): each client still
     # trains one batch. A 20 s "day" makes clients leave during rounds.
     cfg = load_config(None, tiny + ["run.precision=bf16", "run.threads=1", "fed.rounds=2",
                                     "eval.every=2", "eval.max_samples=9",
                                     "data.max_samples=80", "availability.model=diurnal",
-                                    "availability.period_s=20"])
+                                    "availability.period_s=20", "prune.once=true",
+                                    "train.local_classifier=separate",
+                                    "train.local_lr_scale=0.5"])
     local, remote, _ = rounds_both_ways(cfg)
     pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
                                   local.drop(columns="wall_seconds"), check_exact=True)
