@@ -70,7 +70,9 @@ def _counts(work: Path) -> dict[str, list[int]]:
 def mutate(name: str, work: Path) -> dict:
     path, tests = MODULES[name]
     (work / ".mutmut-cache").unlink(missing_ok=True)
-    runner = f"{PY} -m pytest -x -q -p no:cacheprovider {' '.join(tests)}"
+    # mutmut 2.x counts only exit status 1 as failing tests, so a mutant that breaks the
+    # import (pytest exits 2: collection error) would pass as a survivor; any failure is 1.
+    runner = f"sh -c '{PY} -m pytest -x -q -p no:cacheprovider {' '.join(tests)} || exit 1'"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     subprocess.run([PY, "-m", "mutmut", "run", "--paths-to-mutate", path, "--runner", runner,

@@ -32,7 +32,6 @@ from sfprompt.platform.config.schema import FedConfig
 from sfprompt.platform.registry import Registry
 from sfprompt.platform.seeds import stream
 
-STATUSES = ("ok", "late", "dropped", "offline", "failed")
 _AVAILABILITY_STREAM = 0xA7A1  # keeps availability draws apart from other seeded streams
 
 # (fed, finish time of each client that ran, whether it left before finishing: then its

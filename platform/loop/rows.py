@@ -25,7 +25,7 @@ class Outcome:
 
     client: int
     profile: Profile
-    status: str  # protocols.STATUSES
+    status: str  # ok, late, dropped, offline or failed (fed/protocols.py)
     result: ClientResult | None = None  # None when offline or failed
     time: ClientTime | None = None
     faults: MessageFaults = MessageFaults()  # injected loss and delay spikes

@@ -56,6 +56,9 @@ def test_over_commit_samples_ceil_c_times_k():
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1.3)) == 13
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1.05)) == 11
     assert over_commit_size(FedConfig(clients_per_round=7, over_commit=1.0)) == 7
+    # Within 1e-9 of a whole number of clients is float noise, not one more client.
+    assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1 + 2e-11)) == 10
+    assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1 + 2e-9)) == 11
     assert PROTOCOLS["deadline"].sample_size(FedConfig(clients_per_round=7, over_commit=2)) == 7
 
 
