@@ -13,6 +13,7 @@ import torch
 
 from sfprompt.platform.config.load import load_config, replace
 from sfprompt.platform.config.schema import FedConfig
+from sfprompt.platform.errors import ConfigError
 from sfprompt.platform.fed.protocols import (PROTOCOLS, deadline, is_online, over_commit,
                                              over_commit_size, wait_all)
 from sfprompt.platform.loop.backend import LocalBackend
@@ -56,6 +57,10 @@ def test_over_commit_samples_ceil_c_times_k():
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1.3)) == 13
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1.05)) == 11
     assert over_commit_size(FedConfig(clients_per_round=7, over_commit=1.0)) == 7
+    # An unknown name is refused in the registry's words.
+    with pytest.raises(ConfigError, match=r"^fed\.protocol: unknown round protocol 'nope' "
+                                          r"\(known: deadline, over_commit, wait_all\)$"):
+        PROTOCOLS.check("fed.protocol", "nope")
     # Within 1e-9 of a whole number of clients is float noise, not one more client.
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1 + 2e-11)) == 10
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1 + 2e-9)) == 11
