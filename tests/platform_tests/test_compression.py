@@ -100,5 +100,13 @@ def test_split_step_counts_encoded_bytes_and_learns_almost_the_same():
 
 
 def test_unknown_codec_is_a_config_error_naming_the_key():
-    with pytest.raises(ConfigError, match="compress.gradients"):
+    with pytest.raises(ConfigError, match=r"^compress\.gradients: unknown codec 'zip' "
+                                          r"\(known: bf16, fp16, int8, none\)$"):
         load_config(None, ["compress.gradients=zip"])
+
+
+def test_int8_stays_in_range_when_a_tokens_scale_is_subnormal():
+    # absmax 2e-42: absmax / 127 rounds to a subnormal with few bits, and v / s reaches
+    # 130; the values are clamped to the int8 range, not wrapped around.
+    wire = CODECS["int8"].encode(torch.tensor([[2e-42, -2e-42, 0.0]]))
+    assert wire["values"].tolist() == [[127, -127, 0]]
