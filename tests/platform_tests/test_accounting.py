@@ -1,9 +1,11 @@
 from collections import Counter
 
+import pytest
 import torch
 
 from sfprompt.platform.wire.flops import Flops, count_flops, shape_of, trainable_signature
-from sfprompt.platform.wire.link import KINDS, Link, nbytes
+from sfprompt.platform.wire.codecs import CODECS
+from sfprompt.platform.wire.link import DOWN, KINDS, Link, nbytes, on_send
 
 
 def test_linear_flops_are_2mnk():
@@ -71,7 +73,42 @@ def test_link_counts_numel_times_element_size_and_copies():
 
 
 def test_link_rejects_unknown_kinds():
-    import pytest
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown traffic kind 'smuggled'$"):
         Link().send("smuggled", torch.zeros(1))
-    assert len(set(KINDS)) == len(KINDS)
+
+
+# Written out from the round's steps (docs/design.md): each kind, in the order of a
+# round, and which way it goes.
+DIRECTION = {"frozen_download": "down", "download": "down", "smashed_up": "up",
+             "activations_down": "down", "gradients_up": "up", "gradients_down": "down",
+             "upload": "up"}
+
+
+def test_the_traffic_kinds_and_their_directions():
+    assert KINDS == tuple(DIRECTION)
+    assert set(DOWN) == {k for k, way in DIRECTION.items() if way == "down"}
+    link = Link()
+    for i, kind in enumerate(KINDS):
+        link.send(kind, torch.zeros(i + 1))  # a size of its own per kind
+    assert link.bytes == {k: 4 * (i + 1) for i, k in enumerate(KINDS)}
+
+
+def test_sends_add_up_and_a_codec_applies_to_tensors_of_its_kind_only():
+    link = Link({"smashed_up": CODECS["fp16"]})
+    link.send("smashed_up", torch.zeros(3))
+    link.send("smashed_up", torch.zeros(5))
+    link.send("smashed_up", {"w": torch.zeros(4)})  # a state travels as it is
+    link.send("upload", torch.zeros(2))
+    assert link.bytes == {"smashed_up": 2 * 3 + 2 * 5 + 4 * 4, "upload": 8}
+    assert link.messages == {"smashed_up": 3, "upload": 1}
+
+
+def test_on_send_hears_every_message_in_its_context_only():
+    heard = []
+    link = Link({"gradients_up": CODECS["int8"]})
+    with on_send(lambda kind, size: heard.append((kind, size))):
+        link.send("download", {"a": torch.zeros(2, 3)})
+        link.send("gradients_up", torch.ones(2, 3))  # 2 tokens: 3 int8 values + a scale each
+        link.send_held("frozen_download", {"b": torch.zeros(5)})
+    link.send("upload", torch.zeros(1))
+    assert heard == [("download", 24), ("gradients_up", 2 * 3 + 2 * 4), ("frozen_download", 20)]
