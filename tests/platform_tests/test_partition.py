@@ -1,8 +1,11 @@
 """Partitioners: disjoint, covering, deterministic, and each scheme's own promise."""
 
+import inspect
+
 import numpy as np
 import pytest
 
+from sfprompt.platform.config.schema import FedConfig
 from sfprompt.platform.data import partition as partition_module
 from sfprompt.platform.data.partition import PARTITIONERS, partition
 from sfprompt.platform.errors import ConfigError
@@ -92,8 +95,11 @@ def test_dirichlet_resamples_until_min_samples_holds():
 def test_dirichlet_gives_up_with_a_clear_error(monkeypatch):
     monkeypatch.setattr(partition_module, "MAX_DIRICHLET_TRIES", 20)
     labels = np.repeat(np.arange(10), 50)
-    with pytest.raises(ConfigError, match=r"^fed\.alpha=0\.001: no Dirichlet draw in 20 tries"):
+    with pytest.raises(ConfigError) as info:
         partition("dirichlet", labels, 50, seed=0, alpha=0.001, min_samples=9)
+    assert str(info.value) == ("fed.alpha=0.001: no Dirichlet draw in 20 tries gave all 50 "
+                               "clients at least 9 samples; raise fed.alpha or lower "
+                               "fed.num_clients / fed.min_samples")
 
 
 def test_shards_that_leave_a_client_short_are_reported():
@@ -106,27 +112,46 @@ def test_shards_that_leave_a_client_short_are_reported():
                               min_samples=4)
             outcomes.append(min(len(p) for p in parts) >= 4)
         except ConfigError as err:
-            assert str(err).startswith("fed.min_samples=4: shards gave a client only 3 samples")
+            assert str(err) == ("fed.min_samples=4: shards gave a client only 3 samples; use "
+                                "fewer fed.num_clients or a smaller fed.min_samples")
             outcomes.append("error")
     assert set(outcomes) == {True, "error"}
 
 
 @pytest.mark.parametrize(
-    "name, kwargs, key",
+    "name, kwargs, message",
     [
-        ("nope", {}, "fed.partition"),
-        ("iid", {"num_clients": 0}, "fed.num_clients"),
-        ("iid", {"num_clients": 751}, "fed.num_clients"),
-        ("iid", {"min_samples": 0}, "fed.min_samples"),
-        ("iid", {"num_clients": 10, "min_samples": 76}, "fed.min_samples"),  # 10 x 76 > 750
-        ("dirichlet", {"alpha": 0.0}, "fed.alpha"),
-        ("dirichlet", {"alpha": -1.0}, "fed.alpha"),
-        ("shards", {"shards_per_client": 0}, "fed.shards_per_client"),
-        ("shards", {"num_clients": 100, "shards_per_client": 8}, "fed.shards_per_client"),  # 800 > 750
+        ("nope", {}, "fed.partition: unknown partitioner 'nope' (known: dirichlet, iid, shards)"),
+        ("iid", {"num_clients": 0}, "fed.num_clients=0 must be at least 1"),
+        ("iid", {"num_clients": 751}, "fed.num_clients=751 exceeds the 750 training samples"),
+        ("iid", {"min_samples": 0}, "fed.min_samples=0 must be at least 1"),
+        ("iid", {"num_clients": 10, "min_samples": 76},  # 10 x 76 > 750
+         "fed.min_samples=76 is impossible: 10 clients x 76 exceeds the 750 training samples"),
+        ("dirichlet", {"alpha": 0.0}, "fed.alpha=0.0 must be > 0"),
+        ("dirichlet", {"alpha": -1.0}, "fed.alpha=-1.0 must be > 0"),
+        ("shards", {"shards_per_client": 0}, "fed.shards_per_client=0 must be at least 1"),
+        ("shards", {"num_clients": 100, "shards_per_client": 8},  # 800 > 750
+         "fed.shards_per_client=8: 100 clients x 8 shards exceeds the 750 training samples "
+         "(fed.num_clients)"),
     ],
 )
-def test_bad_settings_name_their_config_key(name, kwargs, key):
+def test_bad_settings_name_their_config_key(name, kwargs, message):
     num_clients = kwargs.pop("num_clients", 5)
-    with pytest.raises(ConfigError, match=rf"^{key}[=:]") as info:  # key=value or key: (names)
+    with pytest.raises(ConfigError) as info:
         partition(name, LABELS, num_clients, seed=0, **kwargs)
-    assert "\n" not in str(info.value)
+    assert str(info.value) == message
+
+
+def test_the_limits_themselves_are_allowed():
+    # As many clients as samples (one each), and as many shards as samples.
+    assert [len(p) for p in partition("iid", LABELS[:6], 6, seed=0)] == [1] * 6
+    assert [len(p) for p in partition("shards", LABELS[:6], 3, seed=0, shards_per_client=2)] == [2] * 3
+    with pytest.raises(AssertionError):  # labels are one integer per sample
+        partition("iid", LABELS.reshape(-1, 2), 5, seed=0)
+
+
+def test_the_defaults_are_the_configs():
+    defaults = inspect.signature(partition).parameters
+    fed = FedConfig()
+    assert [defaults[k].default for k in ("alpha", "shards_per_client", "min_samples")] == [
+        fed.alpha, fed.shards_per_client, fed.min_samples]
