@@ -168,6 +168,15 @@ def test_yogi_round_two_takes_both_signs():
     assert d2[0] < v1[0] and d2[1] > v1[1]
 
 
+def test_yogi_leaves_v_where_the_squared_step_equals_it():
+    # sign(v - Δ²) = 0 when Δ² = v exactly: v stays tau² = 0.25 for Δ = 0.5, and
+    # x = 0 + lr m / (sqrt(v) + tau) with m = (1 - beta1) Δ = 0.25.
+    state, memory = AGGREGATIONS["fedyogi"]([{"w": torch.tensor([0.5])}], [1],
+                                            {"w": torch.tensor([0.0])}, {}, SERVER)
+    assert memory["v/w"].tolist() == [0.25] and memory["m/w"].tolist() == [0.25]
+    assert state["w"].tolist() == [0.5 * 0.25 / (0.5 + 0.5)]
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATIONS))
 def test_rules_leave_their_inputs_alone(name):
     state = {"w": torch.tensor(X0), STAT: torch.tensor([5.0])}
