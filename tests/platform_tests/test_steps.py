@@ -8,7 +8,9 @@ from tinyvit import tiny_vit
 
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
-from sfprompt.platform.method.steps import local_loss_update, split_update
+from sfprompt.platform.method.pruning import el2n
+from sfprompt.platform.method.steps import (kept_positions, local_loss_update, score_samples,
+                                            split_update)
 from sfprompt.platform.method.trainable import set_trainable
 from sfprompt.platform.model.split import split_vit
 from sfprompt.platform.wire.flops import Flops, count_flops
@@ -144,3 +146,31 @@ def test_server_flops_are_not_billed_to_the_client():
     assert server_flops > 0 and flops["client"] > 0
     # The same operations run, split across the two bills.
     assert flops["client"] + server_flops == whole["all"]
+
+
+def test_scoring_and_a_local_epoch_by_hand():
+    split, trainable, (x, y) = _setup(prompts=2)
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]  # a full batch and a partial one
+    flops = Flops()
+    scores = score_samples(split, batches, el2n, torch.Generator(), flops)
+    counted = Counter()
+    with torch.no_grad(), count_flops(counted, "by hand"):
+        want = torch.cat([el2n(split.local(b), c, None) for b, c in batches])
+    assert not scores.requires_grad and torch.equal(scores, want)
+    assert flops["client"] == counted["by hand"] > 0  # billed to the client
+    # The epoch's loss is the mean over samples, each batch weighted by its size; its
+    # optimizer clears the gradients to None after each step.
+    with torch.no_grad():
+        per_batch = [F.cross_entropy(split.local(b), c).item() for b, c in batches]
+    optimizer = Capture(trainable)
+    loss = local_loss_update(split, batches, optimizer, Flops())
+    assert abs(loss - (3 * per_batch[0] + per_batch[1]) / 4) < 1e-6
+    assert len(optimizer.grads) == 2
+    one = local_loss_update(split, [batches[1]], torch.optim.SGD(trainable, lr=0.0), Flops())
+    assert abs(one - per_batch[1]) < 1e-6 and all(p.grad is None for p in trainable)
+    assert local_loss_update(split, [], Capture(trainable), Flops()) == 0.0
+
+
+def test_a_dry_run_keeps_the_first_positions():
+    assert kept_positions(torch.empty(3, dtype=torch.long, device="meta")).tolist() == [0, 1, 2]
+    assert kept_positions(torch.tensor([4, 7])).tolist() == [4, 7]
