@@ -4,7 +4,7 @@ For each module below, mutmut (2.x: it mutates a file in place, runs the tests, 
 file back) plants one small bug at a time — a flipped comparison, an off-by-one, a
 dropped argument — and counts the mutants the module's tests kill. The work happens in
 a copy of the tracked files under a temporary directory, so the checkout is never
-mutated and a killed run leaves nothing behind in it; in the copy, `python -m pytest`
+mutated and a killed run leaves nothing behind in it; in the copy, pytest
 imports the copy (the current directory comes first on sys.path).
 
     python tools/mutate.py                    every module, then the table
@@ -75,8 +75,10 @@ def mutate(name: str, work: Path) -> dict:
     path, tests = MODULES[name]
     (work / ".mutmut-cache").unlink(missing_ok=True)
     # mutmut 2.x counts only exit status 1 as failing tests, so a mutant that breaks the
-    # import (pytest exits 2: collection error) would pass as a survivor; any failure is 1.
-    runner = f"sh -c '{PY} -m pytest -x -q -p no:cacheprovider {' '.join(tests)} || exit 1'"
+    # import (pytest exits 2: collection error) would pass as a survivor: any failure is
+    # made 1, in the process mutmut starts (its timeout kills that one).
+    code = "import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)"
+    runner = f"{PY} -c '{code}' -x -q -p no:cacheprovider {' '.join(tests)}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     subprocess.run([PY, "-m", "mutmut", "run", "--paths-to-mutate", path, "--runner", runner,
