@@ -69,10 +69,8 @@ def make_optimizer(cfg: Config, worker: ClientWorker) -> torch.optim.Optimizer:
 
 @contextmanager
 def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
-    """Every group of `optimizer` at `scale` times its learning rate while inside."""
-    if scale == 1.0:  # nothing to change, not even a float's rounding
-        yield
-        return
+    """Every group of `optimizer` at `scale` times its learning rate while inside (at 1,
+    the same floats: x * 1.0 is x)."""
     rates = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * scale
