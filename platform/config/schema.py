@@ -146,12 +146,24 @@ class FedConfig:
     # Round protocol: "wait_all" (the round ends when the last client does), "deadline"
     # (clients whose simulated time exceeds fed.deadline_s are dropped as late),
     # "over_commit" (sample ceil(fed.over_commit x clients_per_round), aggregate the
-    # first clients_per_round to finish, drop the rest).
+    # first clients_per_round to finish, drop the rest), "buffered" (FedBuff: keep
+    # fed.concurrency clients training, aggregate every fed.buffer_size arrivals; a
+    # "round" is one aggregation, and clients_per_round is not used).
     protocol: str = "wait_all"
     # Simulated seconds a client may take under the deadline protocol.
     deadline_s: float = 600.0
     # Over-commit factor c >= 1 of the over_commit protocol.
     over_commit: float = 1.3
+    # The buffered protocol: clients training right after each aggregation (0 = fed.
+    # clients_per_round), and arrivals per aggregation (0 = fed.clients_per_round;
+    # at most the concurrency). Equal, they make the synchronous FedAvg round.
+    concurrency: int = 0
+    buffer_size: int = 0
+    # How the buffered protocol discounts an update that started from a model s
+    # aggregations old: "constant" (1), "polynomial" ((1 + s)^-staleness_exponent, as
+    # FedBuff's 1/sqrt(1 + s) at 0.5).
+    staleness: str = "constant"
+    staleness_exponent: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ def _validate_body(cfg: Config, method) -> None:
 
 def _validate_clock(cfg: Config) -> None:
     """The virtual clock's settings: profiles, network emulation, round protocol."""
-    from sfprompt.platform.fed.protocols import PROTOCOLS
+    from sfprompt.platform.fed.protocols import PROTOCOLS, buffer_size, concurrency
+    from sfprompt.platform.fed.staleness import STALENESS
     from sfprompt.platform.sim.profiles import PROFILE_SOURCES, SERVER_TIERS, TIERS, parse_mix
 
     for key, value, choices in (
@@ -165,6 +166,7 @@ def _validate_clock(cfg: Config) -> None:
         ("profiles.server", cfg.profiles.server, SERVER_TIERS),
         ("network.mode", cfg.network.mode, NETWORK_MODES),
         ("fed.protocol", cfg.fed.protocol, PROTOCOLS),
+        ("fed.staleness", cfg.fed.staleness, STALENESS),
         ("availability.model", cfg.availability.model, AVAILABILITY_MODELS),
     ):
         _check_choice(key, value, choices)
@@ -184,8 +186,17 @@ def _validate_clock(cfg: Config) -> None:
            f"must be a positive number, got {cfg.fed.deadline_s}")
     _check(cfg.profiles.server_concurrency >= 0, "profiles.server_concurrency",
            f"must be >= 0, got {cfg.profiles.server_concurrency}")
+    for key, value in (("fed.concurrency", cfg.fed.concurrency),
+                       ("fed.buffer_size", cfg.fed.buffer_size)):
+        _check(value >= 0, key, f"must be >= 0 (0: fed.clients_per_round), got {value}")
+    _check(buffer_size(cfg.fed) <= concurrency(cfg.fed), "fed.buffer_size",
+           f"{buffer_size(cfg.fed)} arrivals per aggregation, more than the "
+           f"{concurrency(cfg.fed)} clients training (fed.concurrency)")
+    _check(cfg.fed.staleness_exponent >= 0 and math.isfinite(cfg.fed.staleness_exponent),
+           "fed.staleness_exponent", f"must be a number >= 0, got {cfg.fed.staleness_exponent}")
     sampled = PROTOCOLS[cfg.fed.protocol].sample_size(cfg.fed)
-    _check(sampled <= cfg.fed.num_clients, "fed.over_commit",
+    _check(sampled <= cfg.fed.num_clients,
+           "fed.concurrency" if cfg.fed.protocol == "buffered" else "fed.over_commit",
            f"{cfg.fed.protocol} samples {sampled} clients, more than fed.num_clients = "
            f"{cfg.fed.num_clients}")
 

@@ -14,6 +14,9 @@ Each client of a round ends with one status:
     failed    its work was lost (its process crashed, injected or not): not
               aggregated, nothing of it counted
 
+and under the buffered protocol a client still training when the round's buffer fills
+is carried to the next round (`training`), and ends there or later with one of these.
+
 The simulation's dilemma: a real coordinator learns that a client is late while it is
 still working, but here a client's time is known only after its work has run, because
 its FLOPs and bytes are counted by running it. So late and dropped clients run in full
@@ -99,6 +102,37 @@ def over_commit(fed: FedConfig, finish: Sequence[float],
     if len(kept) < fed.clients_per_round:
         return statuses, max(finish, default=0.0)
     return statuses, max((finish[i] for i in kept), default=0.0)
+
+
+def concurrency(fed: FedConfig) -> int:
+    """Clients the buffered protocol keeps training (0: clients_per_round)."""
+    return fed.concurrency or fed.clients_per_round
+
+
+def buffer_size(fed: FedConfig) -> int:
+    """Arrivals per aggregation of the buffered protocol (0: clients_per_round)."""
+    return fed.buffer_size or fed.clients_per_round
+
+
+@register_protocol("buffered", sample_size=concurrency)
+def buffered(fed: FedConfig, finish: Sequence[float],
+             gone: Sequence[bool] | None = None) -> tuple[list[str], float]:
+    """FedBuff's buffer (Nguyen et al. 2022): clients arrive in order of finish (ties:
+    lower position first), and the first `buffer_size` to arrive are aggregated; the
+    round ends with the last of them. A client that leaves before then is dropped when
+    it leaves; the others are still `training` and arrive in a later round. When fewer
+    arrive, the round waits for everyone. The loop keeps `concurrency` clients training:
+    each round it samples as many as arrived, left or failed in the one before."""
+    gone = gone or [False] * len(finish)
+    statuses = ["training"] * len(finish)
+    arrived, end = 0, 0.0
+    for i in sorted(range(len(finish)), key=lambda i: (finish[i], i)):
+        if arrived == buffer_size(fed):
+            break
+        statuses[i] = "dropped" if gone[i] else "ok"
+        arrived += not gone[i]
+        end = finish[i]
+    return statuses, end
 
 
 def is_online(seed: int, round_: int, client: int, availability: float) -> bool:

@@ -10,13 +10,35 @@ optimizer when the method trains it (sfl).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from sfprompt.platform.method.client import State
+from sfprompt.platform.method.client import ClientResult, State
+from sfprompt.platform.sim.clock import ClientTime
+from sfprompt.platform.sim.faults import MessageFaults
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A client of the buffered protocol that ran but is still training in simulated
+    time when a round ends: what it will upload, and when."""
+
+    client: int
+    version: int  # the global version (aggregations so far) it started from
+    result: ClientResult
+    time: ClientTime
+    faults: MessageFaults
+    left: float  # seconds after its start that it goes offline; nan if it stays
+    start: float = 0.0  # when it started, in seconds from the current round's start (<= 0)
+
+    @property
+    def event(self) -> float:
+        """When, from the current round's start, it arrives (or leaves)."""
+        return self.start + (self.time.finish if math.isnan(self.left) else self.left)
 
 
 @dataclass
@@ -34,3 +56,7 @@ class Progress:
     aggregator: dict[str, torch.Tensor] = field(default_factory=dict)
     # prune.once: each client's subset from its first round (sample indices), by client.
     kept: dict[int, np.ndarray] = field(default_factory=dict)
+    # The buffered protocol: clients still training, and the global state of every
+    # version one of them started from (to rebase its update: fed/staleness.py).
+    in_flight: list[InFlight] = field(default_factory=list)
+    bases: dict[int, State] = field(default_factory=dict)

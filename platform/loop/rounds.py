@@ -6,6 +6,13 @@
         protocol: who is aggregated, when the round ends -> aggregate the uploaded
         states (weights = kept samples) -> evaluate -> one row
 
+Under the buffered protocol (FedBuff) a round is one aggregation: it tops the clients
+in training up to `fed.concurrency` (they start from the current global state), and
+the clients whose simulated finish is not among the buffer's first arrivals stay in
+`Progress.in_flight`, to arrive in a later round with a stale update. Every client's
+work still runs in the round it starts, so its finish time is known; a round runs its
+new clients together, as the synchronous protocols do.
+
 A client whose work is lost (its process crashed: an injected `faults.client_crash`
 or a real one the Ray backend survived) returns no result and is "failed". The
 loop's state between rounds is a `Progress`, so a run can resume from it.
@@ -20,12 +27,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sfprompt.platform.config.schema import Config
 from sfprompt.platform.fed.aggregation import AGGREGATIONS
 from sfprompt.platform.fed.protocols import PROTOCOLS, is_online
 from sfprompt.platform.fed.sampling import client_seed, sample_clients
+from sfprompt.platform.fed.staleness import STALENESS, rebase
 from sfprompt.platform.loop.backend import Backend
 from sfprompt.platform.loop.evaluation import PendingEvaluation, evaluates
-from sfprompt.platform.loop.progress import Progress
+from sfprompt.platform.loop.progress import InFlight, Progress
 from sfprompt.platform.loop.rows import Outcome, round_row
 from sfprompt.platform.loop.world import World, initial_progress
 from sfprompt.platform.method.client import ClientTask
@@ -99,7 +108,7 @@ class _Trained:
 
 
 def _left(schedule: Schedule | None, client: int, start: float, finish: float) -> float:
-    """Seconds into the round at which `client` went offline before finishing; nan
+    """Seconds after its `start` at which `client` went offline before finishing; nan
     when it stayed (always, per_round)."""
     if schedule is None:
         return math.nan
@@ -113,7 +122,8 @@ def _copy(progress: Progress) -> Progress:
     place."""
     return dataclasses.replace(progress, global_state=dict(progress.global_state),
                                visited=set(progress.visited),
-                               aggregator=dict(progress.aggregator), kept=dict(progress.kept))
+                               aggregator=dict(progress.aggregator), kept=dict(progress.kept),
+                               in_flight=list(progress.in_flight), bases=dict(progress.bases))
 
 
 def _train_round(world: World, backend: Backend, progress: Progress,
@@ -122,19 +132,21 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     outcomes, with `progress` updated to the state after it."""
     cfg = world.cfg
     protocol = PROTOCOLS[cfg.fed.protocol]
-    aggregate = AGGREGATIONS[cfg.fed.aggregation]
     schedule = world.availability
+    busy = {f.client for f in progress.in_flight}  # the buffered protocol's, still training
+    count = protocol.sample_size(cfg.fed) - len(busy)
     online: list[int] = []
     offline: list[int] = []
     if schedule is None:  # per_round: a draw per sampled client
         start = progress.elapsed
-        for c in sample_clients(cfg, round_, protocol.sample_size(cfg.fed)):
+        idle = [c for c in range(cfg.fed.num_clients) if c not in busy] if busy else None
+        for c in sample_clients(cfg, round_, count, among=idle):
             there = is_online(cfg.run.seed, round_, c, world.profiles[c].availability)
             (online if there else offline).append(c)
     else:  # on the clock: from the clients online when the round starts
-        start = schedule.first_online(progress.elapsed)
-        online = sample_clients(cfg, round_, protocol.sample_size(cfg.fed),
-                                among=schedule.online_at(start))
+        start = progress.elapsed if busy else schedule.first_online(progress.elapsed)
+        online = sample_clients(cfg, round_, count,
+                                among=[c for c in schedule.online_at(start) if c not in busy])
     wait = start - progress.elapsed
     tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
                         first_visit=c not in progress.visited,
@@ -162,28 +174,29 @@ def _train_round(world: World, backend: Backend, progress: Progress,
                              r.bytes, r.messages, cfg.run.seed, round_, r.client)
               for r, p in zip(results, profiles)]
     times = [dataclasses.replace(t, comm=t.comm + f.seconds) for t, f in zip(times, faults)]
-    left = [_left(schedule, r.client, start, t.finish) for r, t in zip(results, times)]
+    version = round_ - 1  # the global state they start from
+    flights = progress.in_flight + [InFlight(r.client, version, r, t, f,
+                                             _left(schedule, r.client, start, t.finish))
+                                    for r, t, f in zip(results, times, faults)]
+    if len(flights) > len(progress.in_flight):
+        progress.bases[version] = progress.global_state
     # The coordinator hears of a client that left when it leaves, instead of its finish.
-    statuses, seconds = protocol.select(
-        cfg.fed, [t.finish if math.isnan(g) else g for t, g in zip(times, left)],
-        [not math.isnan(g) for g in left])
+    statuses, seconds = protocol.select(cfg.fed, [f.event for f in flights],
+                                        [not math.isnan(f.left) for f in flights])
     progress.elapsed += wait + seconds
-    outcomes = sorted([Outcome(r.client, world.profiles[r.client], s, r, t, f, left=g)
-                       for r, s, t, f, g in zip(results, statuses, times, faults, left)]
+    progress.in_flight = [dataclasses.replace(f, start=f.start - seconds)
+                          for f, s in zip(flights, statuses) if s == "training"]
+    outcomes = sorted([Outcome(f.client, world.profiles[f.client], s, f.result, f.time, f.faults,
+                               left=f.left, staleness=version - f.version, start=f.start)
+                       for f, s in zip(flights, statuses) if s != "training"]
                       + [Outcome(c, world.profiles[c], "offline") for c in offline]
                       + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
                          for c in failed],
                       key=lambda o: o.client)
-    aggregated = [o.result for o in outcomes if o.status == "ok"]
-    if aggregated:
-        progress.global_state, progress.aggregator = aggregate(
-            [r.state for r in aggregated], [r.num_kept for r in aggregated],
-            progress.global_state, progress.aggregator, cfg.fed)
-    else:
-        log.warning("round %d: no client update to aggregate; the global state stays", round_)
+    _aggregate(cfg, progress, [o for o in outcomes if o.status == "ok"], round_)
     row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,
                     int(round_ == cfg.faults.server_crash_round), wait)
-    if aggregated and not math.isfinite(row["train_loss"]):
+    if row["participants"] and not math.isfinite(row["train_loss"]):
         log.warning("round %d: training loss is %s", round_, row["train_loss"])
     if row["faults.lost_messages"] or row["faults.delay_spikes"]:
         log.info("round %d: %d lost messages resent (%d bytes), %d delay spikes", round_,
@@ -193,3 +206,22 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     if METHODS[cfg.train.method].server_trains:
         progress.server = backend.server_state()
     return row, outcomes
+
+
+def _aggregate(cfg: Config, progress: Progress, aggregated: list[Outcome], round_: int) -> None:
+    """The next global state from the aggregated clients' uploads, stale ones rebased
+    onto the current global state (fed/staleness.py); the bases no client still
+    training needs are let go."""
+    if aggregated:
+        weight = STALENESS[cfg.fed.staleness]
+        states = [o.result.state if o.staleness == 0 else
+                  rebase(o.result.state, progress.bases[round_ - 1 - o.staleness],
+                         progress.global_state, weight(cfg.fed, o.staleness))
+                  for o in aggregated]
+        progress.global_state, progress.aggregator = AGGREGATIONS[cfg.fed.aggregation](
+            states, [o.result.num_kept for o in aggregated], progress.global_state,
+            progress.aggregator, cfg.fed)
+    else:
+        log.warning("round %d: no client update to aggregate; the global state stays", round_)
+    needed = {f.version for f in progress.in_flight}
+    progress.bases = {v: b for v, b in progress.bases.items() if v in needed}

@@ -30,7 +30,11 @@ class Outcome:
     time: ClientTime | None = None
     faults: MessageFaults = MessageFaults()  # injected loss and delay spikes
     crashed: bool = False  # an injected client crash (faults.client_crash)
-    left: float = math.nan  # seconds into the round it went offline (availability.py)
+    left: float = math.nan  # seconds after its start it went offline (availability.py)
+    # The buffered protocol: aggregations since the model it started from, and when it
+    # started, in seconds from the round's start (< 0: in an earlier round).
+    staleness: int = 0
+    start: float = 0.0
 
 
 def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float, wall: float,
@@ -55,7 +59,10 @@ def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float
            "flops.client": sum(r.client_flops for r in ran),
            "flops.server": sum(r.server_flops for r in ran),
            "sim.wait_seconds": sim_wait, "sim.round_seconds": sim_seconds,
-           "sim.elapsed_seconds": sim_elapsed}
+           "sim.elapsed_seconds": sim_elapsed,
+           "staleness.mean": (sum(o.staleness for o in outcomes if o.status == "ok")
+                              / len(aggregated) if aggregated else math.nan),
+           "staleness.max": max((o.staleness for o in outcomes if o.status == "ok"), default=0)}
     for kind in KINDS:
         row[f"bytes.{kind}"] = sum(r.bytes.get(kind, 0) for r in ran)
     row["bytes.down"] = sum(row[f"bytes.{k}"] for k in DOWN)
@@ -68,7 +75,8 @@ def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float
 def client_rows(row: dict, outcomes: list[Outcome]) -> list[dict]:
     """clients.parquet rows of one round (`row`: its rounds.parquet row): profile and
     status of every sampled client, and for those that ran, what they did and when.
-    Idle is the time a client waits, done, for the round to end."""
+    Idle is the time a client waits, done, for the round to end; times are from its own
+    start but `sim.start_seconds`, which is from the round's."""
     rows = []
     for o in outcomes:
         out = {"round": row["round"], "client": o.client, "status": o.status,
@@ -83,7 +91,9 @@ def client_rows(row: dict, outcomes: list[Outcome]) -> list[dict]:
                         "sim.compute_seconds": t.compute, "sim.comm_seconds": t.comm,
                         "sim.server_seconds": t.server, "sim.queue_seconds": t.queue,
                         "sim.finish_seconds": t.finish, "sim.left_seconds": o.left,
-                        "sim.idle_seconds": max(row["sim.round_seconds"] - t.finish, 0.0),
+                        "sim.start_seconds": o.start, "staleness": o.staleness,
+                        "sim.idle_seconds": max(row["sim.round_seconds"]
+                                                - (o.start + t.finish), 0.0),
                         **o.faults.columns()})
         rows.append(out)
     return rows

@@ -96,6 +96,18 @@ def test_other_methods_equal_the_local_reference(ray_instance, tiny, rounds_both
     assert (backend.server_placement is None) == (method == "fl")
 
 
+def test_buffered_rounds_equal_the_local_reference(ray_instance, tiny, rounds_both_ways):
+    # Clients still training carry their uploads across rounds in the coordinator, and
+    # their stale updates are rebased there: the actors see only ordinary client rounds.
+    cfg = load_config(None, tiny + ["run.threads=1", "fed.rounds=3", "fed.protocol=buffered",
+                                    "fed.concurrency=3", "fed.buffer_size=1",
+                                    "fed.staleness=polynomial"])
+    local, remote, _ = rounds_both_ways(cfg)
+    pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
+                                  local.drop(columns="wall_seconds"), check_exact=True)
+    assert local["staleness.max"].max() >= 1
+
+
 def test_bf16_evaluation_availability_and_sfprompt_options_equal_the_local_reference(
         ray_instance, tiny, rounds_both_ways):
     # Autocast runs in the client and server actors as in the reference process, and

@@ -1,5 +1,6 @@
 """Round protocols: selection rules by hand, the round loop with a stub backend whose
-simulated times are known exactly, and the local backend on a tiny model."""
+simulated times are known exactly, and the local backend on a tiny model; the buffered
+protocol's stale updates rebased by hand, and its synchronous special case."""
 
 import dataclasses
 import itertools
@@ -14,8 +15,9 @@ import torch
 from sfprompt.platform.config.load import load_config, replace
 from sfprompt.platform.config.schema import FedConfig
 from sfprompt.platform.errors import ConfigError
-from sfprompt.platform.fed.protocols import (PROTOCOLS, deadline, is_online, over_commit,
-                                             over_commit_size, wait_all)
+from sfprompt.platform.fed.protocols import (PROTOCOLS, buffered, deadline, is_online,
+                                             over_commit, over_commit_size, wait_all)
+from sfprompt.platform.fed.staleness import STALENESS, rebase
 from sfprompt.platform.loop.backend import LocalBackend
 from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.rows import client_rows
@@ -59,7 +61,7 @@ def test_over_commit_samples_ceil_c_times_k():
     assert over_commit_size(FedConfig(clients_per_round=7, over_commit=1.0)) == 7
     # An unknown name is refused in the registry's words.
     with pytest.raises(ConfigError, match=r"^fed\.protocol: unknown round protocol 'nope' "
-                                          r"\(known: deadline, over_commit, wait_all\)$"):
+                                          r"\(known: buffered, deadline, over_commit, wait_all\)$"):
         PROTOCOLS.check("fed.protocol", "nope")
     # Within 1e-9 of a whole number of clients is float noise, not one more client.
     assert over_commit_size(FedConfig(clients_per_round=10, over_commit=1 + 2e-11)) == 10
@@ -172,17 +174,23 @@ def test_all_late_round_keeps_the_global_state():
 SPEEDS = [4e9, 2e9, 1e9, 0.5e9]
 
 
-@pytest.fixture(scope="module")
-def tiny_world():
+def _tiny_world(*overrides):
+    """A fresh world (a run trains its model in place, so one world makes one run's
+    numbers; the times of a second run are the same)."""
     cfg = load_config(None, ["model.weights=random", "model.name=vit_tiny_patch16_224",
                              "model.img_size=32", "data.name=digits", "data.max_samples=120",
                              "fed.num_clients=4", "fed.clients_per_round=4", "fed.rounds=1",
                              "fed.partition=iid", "train.batch_size=16", "prompt.length=2",
-                             "run.threads=1"])
+                             "run.threads=1", *overrides])
     torch.set_num_threads(1)
     world = build_world(cfg)
     world.profiles = [Profile(f"p{i}", s, 2e6, 8e6, 0.02, 0.0, 1.0, 0) for i, s in enumerate(SPEEDS)]
     return world
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    return _tiny_world()
 
 
 def _local(world, **dotted):
@@ -256,3 +264,86 @@ def test_run_directory_records_profiles_status_and_simulated_time(tmp_path):
     assert set(clients["profile.tier"]) <= {"a", "b", "c"}
     assert {f"profile.{f}" for f in ("flops_per_s", "uplink_bps", "downlink_bps", "latency_s",
                                      "jitter_s", "availability", "memory_bytes")} <= set(clients.columns)
+
+
+# ---------------------------------------------------------------- buffered (FedBuff)
+
+
+def test_the_first_buffer_size_arrivals_are_aggregated_and_the_rest_keep_training():
+    fed = FedConfig(concurrency=4, buffer_size=2)
+    # Ties in order of position: client 1 arrives before client 3.
+    assert buffered(fed, [3.0, 1.0, 2.0, 1.0]) == (["training", "ok", "training", "ok"], 1.0)
+    # A client that leaves takes no place in the buffer, and is dropped when it leaves.
+    assert buffered(fed, [3.0, 1.0, 2.0, 1.5], [False, True, False, False]) == \
+        (["training", "dropped", "ok", "ok"], 2.0)
+    assert buffered(fed, [3.0, 1.0, 2.0, 2.5], [False, False, False, True]) == \
+        (["training", "ok", "ok", "training"], 2.0)  # it has not left yet
+    # Fewer arrivals than the buffer holds: the round waits for everyone.
+    assert buffered(FedConfig(concurrency=4, buffer_size=4), [3.0, 1.0, 2.0],
+                    [False, True, False]) == (["ok", "dropped", "ok"], 3.0)
+    assert buffered(fed, []) == ([], 0.0)
+    # 0 = clients_per_round, for both.
+    assert buffered(FedConfig(clients_per_round=3), [2.0, 1.0, 3.0, 4.0]) == \
+        (["ok", "ok", "ok", "training"], 3.0)
+
+
+def test_staleness_weightings_and_rebase_by_hand():
+    fed = FedConfig(staleness_exponent=0.5)
+    assert [STALENESS["constant"](fed, s) for s in (0, 1, 5)] == [1.0, 1.0, 1.0]
+    assert STALENESS["polynomial"](fed, 0) == 1.0
+    assert STALENESS["polynomial"](fed, 3) == 0.5  # 1 / sqrt(4)
+    assert STALENESS["polynomial"](FedConfig(staleness_exponent=2.0), 1) == 0.25
+    state = {"w": torch.tensor([3.0, 1.0]), "norm.running_var": torch.tensor([0.5])}
+    base = {"w": torch.tensor([1.0, 1.0]), "norm.running_var": torch.tensor([2.0])}
+    now = {"w": torch.tensor([10.0, 20.0]), "norm.running_var": torch.tensor([4.0])}
+    out = rebase(state, base, now, 0.25)
+    assert out["w"].tolist() == [10.5, 20.0] and out["w"].dtype == torch.float32
+    assert out["norm.running_var"].tolist() == [0.5]  # a statistic: as measured
+
+
+@pytest.mark.parametrize("staleness, round2, round3", [
+    # Initial state -1 everywhere (the stub's model); round 1 aggregates clients 0 and 1:
+    # global 0.5. Round 2: client 2 (from version 0, staleness 1) and client 0 (fresh,
+    # 0) arrive at 1 s: (0 + (0.5 + w(1) (2 - -1))) / 2. Round 3: client 3 (version 0,
+    # staleness 2) and client 1 (version 1, staleness 1) arrive at 1 s.
+    ("constant", (0 + 0.5 + 3) / 2, (1.75 + 4 + 1.75 + 0.5) / 2),
+    ("polynomial", (0.5 + 3 / math.sqrt(2)) / 2, None),
+])
+def test_stale_updates_are_rebased_onto_the_global_state(staleness, round2, round3):
+    out, backend = _stub_run(["fed.protocol=buffered", "fed.clients_per_round=4", "fed.buffer_size=2",
+                              f"fed.staleness={staleness}", "fed.rounds=3"], num_clients=4)
+    # Round 1 starts all four; each later round tops them up with the two that arrived.
+    assert backend.calls == [[0, 1, 2, 3], [0, 1], [0, 2]]
+    rows = [row for row, _ in out]
+    assert [r["accuracy"] for r in rows[:2]] == pytest.approx([0.5, round2])
+    if round3 is not None:
+        assert rows[2]["accuracy"] == pytest.approx(round3)
+    assert [r["sim.round_seconds"] for r in rows] == [2.0, 1.0, 1.0]
+    assert [r["sim.elapsed_seconds"] for r in rows] == [2.0, 3.0, 4.0]
+    assert [(r["staleness.mean"], r["staleness.max"]) for r in rows] == \
+        [(0.0, 0), (0.5, 1), (1.5, 2)]
+    # Only the arrivals are the round's clients; what they cost is counted when they arrive.
+    assert [[o.client for o in outcomes] for _, outcomes in out] == [[0, 1], [0, 2], [1, 3]]
+    assert [r["flops.client"] for r in rows] == [3e9, 4e9, 6e9]
+    row, outcomes = out[1]
+    by_client = {r["client"]: r for r in client_rows(row, outcomes)}
+    assert (by_client[2]["staleness"], by_client[2]["sim.start_seconds"],
+            by_client[2]["sim.finish_seconds"], by_client[2]["sim.idle_seconds"]) == (1, -2.0, 3.0, 0.0)
+    assert (by_client[0]["staleness"], by_client[0]["sim.start_seconds"]) == (0, 0.0)
+
+
+def test_equal_concurrency_and_buffer_make_the_synchronous_round():
+    common = ("fed.clients_per_round=2", "fed.rounds=3")
+    sync, fedbuff = [list(run_rounds(w, LocalBackend(w))) for w in (
+        _tiny_world(*common),
+        _tiny_world(*common, "fed.protocol=buffered", "fed.staleness=polynomial"))]
+    assert [[o.client for o in outcomes] for _, outcomes in sync] == \
+        [[o.client for o in outcomes] for _, outcomes in fedbuff]
+    frame = [pd.DataFrame([row for row, _ in run]).drop(columns="wall_seconds")
+             for run in (sync, fedbuff)]
+    pd.testing.assert_frame_equal(frame[1], frame[0], check_exact=True)
+    for (_, a), (_, b) in zip(sync, fedbuff):
+        for x, y in zip(a, b):
+            assert x.result.state.keys() == y.result.state.keys()
+            assert all(torch.equal(x.result.state[k], y.result.state[k]) for k in x.result.state)
+    assert (frame[0]["staleness.max"] == 0).all()

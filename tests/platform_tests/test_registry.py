@@ -150,7 +150,7 @@ def test_config_validation_names_the_key_the_kind_and_the_known_choices():
     assert str(err.value) == ("data.name: unknown dataset 'imagenet22k' "
                               "(known: cifar10, cifar100, digits, imagefolder, mnist)")
     with pytest.raises(ConfigError, match=r"^fed\.protocol: unknown round protocol 'fastest' "
-                                          r"\(known: deadline, over_commit, wait_all\)$"):
+                                          r"\(known: buffered, deadline, over_commit, wait_all\)$"):
         load_config(None, ["fed.protocol=fastest"])
     with pytest.raises(ConfigError, match=r"^profiles\.mix: unknown tier 'pager' \(known: "):
         load_config(None, ["profiles.source=mix", "profiles.mix=pager:1"])
