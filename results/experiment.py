@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from sfprompt.platform.config.dotted import flatten, to_dict
-from sfprompt.platform.config.load import load_config
+from sfprompt.platform.config.load import load_config, replace
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.loop.backend import Backend, LocalBackend
@@ -73,19 +73,33 @@ def run_experiment(cfg: Config, on_round: Callable[[dict], None] = lambda row: N
 
 
 def resume_experiment(run_dir: str | Path, on_round: Callable[[dict], None] = lambda row: None,
-                      make_backend: Callable[[World], Backend] | None = None) -> Path:
+                      make_backend: Callable[[World], Backend] | None = None,
+                      rounds_to: int | None = None) -> Path:
     """Continue the run in `run_dir` after its last checkpointed round (from round 1 if
-    it has none), with the config it recorded, appending to the same directory."""
+    it has none), with the config it recorded, appending to the same directory.
+
+    `rounds_to` extends it to that many rounds (fed.rounds), a completed run too: every
+    draw is seeded by round, so the rounds are those of a run started with that many,
+    except that the old last round was evaluated (always, whatever eval.every)."""
     run_dir = require_run_dir(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    if info.get("status") == "completed":
-        raise SfpromptError(f"{run_dir}: the run already completed; nothing to resume")
+    cfg = load_config(run_dir / "config.toml")
     saved = load_checkpoint(run_dir)
     progress, rounds, clients = saved if saved is not None else (None, [], [])
+    if rounds_to is not None:
+        if rounds_to < len(rounds):
+            raise ConfigError(f"--rounds {rounds_to}: {run_dir} has {len(rounds)} rounds done")
+        cfg = replace(cfg, **{"fed.rounds": rounds_to})
+    if info.get("status") == "completed" and cfg.fed.rounds <= len(rounds):
+        raise SfpromptError(f"{run_dir}: the run already completed its {len(rounds)} rounds; "
+                            f"nothing to resume (--rounds N continues it to N)")
+    if rounds_to is not None:  # the rows so far say the config the run now has
+        write_config_toml(run_dir, to_dict(cfg))
+        rounds = [{**r, "fed.rounds": rounds_to} for r in rounds]
     if rounds:  # the tables may hold a round the checkpoint missed (killed in between)
         write_rounds(run_dir, rounds)
         write_clients(run_dir, clients)
-    world, backend = _start(load_config(run_dir / "config.toml"), make_backend)
+    world, backend = _start(cfg, make_backend)
     handler = attach_run_log(run_dir)
     log.info("run %s: resumed after round %d (status was %s)", run_dir.name, len(rounds),
              info.get("status"))

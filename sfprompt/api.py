@@ -150,11 +150,12 @@ def load_run(dir: str | Path) -> Run:
     return Run(require_run_dir(dir))
 
 
-def resume(dir: str | Path, *, on_round: OnRound | None = None) -> Run:
-    """Continue the killed, interrupted or failed run in `dir`, in the same directory."""
+def resume(dir: str | Path, *, on_round: OnRound | None = None, rounds: int | None = None) -> Run:
+    """Continue the killed, interrupted or failed run in `dir`, in the same directory;
+    `rounds` continues it (a completed one too) to that many rounds in all."""
     from sfprompt.results.experiment import resume_experiment
     return Run(resume_experiment(dir, on_round=on_round or (lambda row: None),
-                                 make_backend=_make_backend))
+                                 make_backend=_make_backend, rounds_to=rounds))
 
 
 def compare(methods: Sequence[str] = COMPARE_METHODS, seeds: Sequence[int] = COMPARE_SEEDS,

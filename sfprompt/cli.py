@@ -1,7 +1,7 @@
 """The `sfprompt` command. Only this module prints.
 
     sfprompt run    [--config FILE] [key=value ...]   run a simulation, write runs/<id>/
-    sfprompt resume RUN_DIR                           continue a killed, interrupted or failed run
+    sfprompt resume RUN_DIR [--rounds N]              continue a killed, interrupted or failed run
     sfprompt config [--config FILE] [key=value ...]   print the resolved configuration
     sfprompt profiles                                 list the device and server tiers
     sfprompt models [PATTERN] [--refused]             timm ViT names the split takes
@@ -93,7 +93,7 @@ def cmd_resume(args) -> int:
     rounds = load_config(f"{args.dir}/config.toml").fed.rounds  # a missing file: one line
     print(f"sfprompt: resuming {args.dir}", flush=True)
     with _clients_bar():
-        run = api.resume(args.dir, on_round=_progress(rounds))
+        run = api.resume(args.dir, on_round=_progress(args.rounds or rounds), rounds=args.rounds)
     print(f"results: {run.dir}")
     return 0
 
@@ -290,6 +290,8 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     p = sub.add_parser("resume", help="continue a killed, interrupted or failed run")
     p.add_argument("dir", metavar="RUN_DIR")
+    p.add_argument("--rounds", type=int, metavar="N",
+                   help="continue to N rounds in all (fed.rounds), a completed run too")
     p.set_defaults(fn=cmd_resume)
     sub.add_parser("profiles", help="list the device and server tiers").set_defaults(fn=cmd_profiles)
     p = sub.add_parser("models", help="timm ViT names the split takes (checked on meta tensors)")

@@ -115,7 +115,15 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
                                                     "fed.rounds=1"]))
     assert main(["resume", str(done)]) == 2
     err = capsys.readouterr().err
-    assert err.endswith("the run already completed; nothing to resume\n") and err.count("\n") == 1
+    assert err.endswith("the run already completed its 1 rounds; nothing to resume "
+                        "(--rounds N continues it to N)\n") and err.count("\n") == 1
+    config = (done / "config.toml").read_text()
+    for rounds, says in (("0", "--rounds 0: "), ("1", "already completed"),
+                         ("-3", "--rounds -3: ")):
+        assert main(["resume", str(done), "--rounds", rounds]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert (done / "config.toml").read_text() == config  # nothing changed
     (done / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SfpromptError, match=r"checkpoint\.pt: not a readable checkpoint"):
         load_checkpoint(done)
@@ -153,3 +161,13 @@ def test_a_resumed_buffered_run_equals_an_uninterrupted_one(tmp_path):
     assert all(f.start < 0 and f.result.state for f in progress.in_flight)
     resume_experiment(cut)
     _same_tables(cut, whole)
+
+
+def test_a_completed_run_continued_to_more_rounds_equals_a_longer_run(tmp_path):
+    overrides = TINY + [f"run.out_dir={tmp_path}"]
+    whole = run_experiment(load_config(None, overrides + ["run.run_id=whole"]))
+    short = run_experiment(load_config(None, overrides + ["run.run_id=short", "fed.rounds=1"]))
+    assert main(["resume", str(short), "--rounds", "3"]) == 0
+    _same_tables(short, whole)
+    assert load_config(short / "config.toml").fed.rounds == 3
+    assert json.loads((short / "run.json").read_text())["status"] == "completed"
