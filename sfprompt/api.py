@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from sfprompt.platform.config.schema import Config
 
-__all__ = ["Run", "run", "load_run", "resume", "config", "compare", "study", "cost",
+__all__ = ["Run", "run", "load_run", "resume", "config", "compare", "study", "cost", "plan",
            "report", "models", "on_client_done", "ConfigError", "SfpromptError", "COMPARE_METHODS",
            "COST_METHODS"]
 
@@ -204,6 +204,19 @@ def cost(config: str | Path | Config | None = None, *, methods: Sequence[str] = 
 
     from sfprompt.platform.sim.costmodel import cost_table
     return pd.DataFrame(cost_table(_resolve(config, overrides), list(methods), samples, classes))
+
+
+def plan(config: str | Path | Config | None = None, *, splits: Sequence[tuple[int, int]] = (
+        (0, 0), (1, 1), (2, 2)), samples: int = 500, classes: int = 10,
+        memory_fraction: float = 1.0, **overrides: Any) -> pd.DataFrame:
+    """`sfprompt plan`: one row per (device of the fleet, candidate split), with its
+    footprint, whether it fits, bytes, FLOPs and simulated round seconds; `chosen` marks
+    each device's plan, the fastest split that fits."""
+    import pandas as pd
+
+    from sfprompt.platform.sim.splitplan import plan_splits
+    return pd.DataFrame(plan_splits(_resolve(config, overrides), list(splits), samples,
+                                    classes, memory_fraction))
 
 
 def report_files(dir: str | Path, target: float | None = None,

@@ -13,6 +13,8 @@
     sfprompt report DIR [--target ACC]                report.html (+ PNGs, tables) of a run, comparison or study
     sfprompt cost [--config FILE] [--samples N] [--classes C] [--methods a,b] [key=value ...]
                                                       bytes and FLOPs of one client's round, no compute
+    sfprompt plan [--config FILE] [--splits 0:0,1:1] [--samples N] [--memory-fraction F] [key=value ...]
+                                                      the split each device should hold, no compute
 
 User errors (bad keys, missing files, impossible splits) print one line and exit 2.
 """
@@ -253,6 +255,48 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def _splits(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(x) for x in item.split(":")) for item in _names(text, "--splits")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise SfpromptError(f"--splits: expected head:tail pairs like 0:0,1:1, got {text!r}")
+    return pairs
+
+
+def cmd_plan(args) -> int:
+    import pandas as pd
+
+    from sfprompt.platform.sim.splitplan import plan_splits
+    cfg = _config(args)
+    if not 0 < args.memory_fraction <= 1:
+        raise SfpromptError(f"--memory-fraction: must be in (0, 1], got {args.memory_fraction}")
+    rows = plan_splits(cfg, _splits(args.splits), args.samples, args.classes,
+                       args.memory_fraction)
+    print(f"{cfg.train.method}, {cfg.model.name} at {cfg.model.img_size} px, {args.samples} "
+          f"samples per client; one client's later round alone on each device of the fleet "
+          f"(MB = 1e6 bytes, MiB of memory = 2^20 bytes, plan = fastest that fits "
+          f"{args.memory_fraction:g} of the device's memory)")
+    table = pd.DataFrame({
+        "device": [r["tier"] for r in rows], "clients": [r["clients"] for r in rows],
+        "split": [f"{r['split.head_blocks']}:{r['split.tail_blocks']}" for r in rows],
+        "memory MiB": [r["memory_bytes"] / 2**20 for r in rows],
+        "fits": [r["fits"] for r in rows],
+        "client GFLOP": [r["flops.client"] / 1e9 for r in rows],
+        "MB/round": [r["bytes.round"] / MB for r in rows],
+        "one-off MB": [r["bytes.frozen_download"] / MB for r in rows],
+        "compute s": [r["sim.compute_seconds"] for r in rows],
+        "comm s": [r["sim.comm_seconds"] for r in rows],
+        "round s": [r["sim.round_seconds"] for r in rows],
+        "plan": ["<-" if r["chosen"] else "" for r in rows]})
+    print(table.to_string(index=False, float_format=lambda x: f"{x:,.1f}"))
+    for device in dict.fromkeys(table["device"]):
+        if not (table[table["device"] == device]["plan"] != "").any():
+            print(f"{device}: no candidate split fits", flush=True)
+    return 0
+
+
 def _add_comparison_commands(sub) -> None:
     p = sub.add_parser("compare", help="run several methods and seeds, tabulate and plot")
     p.add_argument("--config", "-c", help="TOML file (defaults apply to what it leaves out)")
@@ -276,6 +320,17 @@ def _add_comparison_commands(sub) -> None:
     p.add_argument("--methods", default=methods, help=f"comma-separated (default {methods})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     p.set_defaults(fn=cmd_cost)
+    p = sub.add_parser("plan", help="which split each device of the fleet should hold: "
+                       "footprint and simulated round time per candidate, without compute")
+    p.add_argument("--config", "-c", help="TOML file (defaults apply to what it leaves out)")
+    p.add_argument("--splits", default="0:0,1:1,2:2",
+                   help="candidate head_blocks:tail_blocks, comma-separated (0:0,1:1,2:2)")
+    p.add_argument("--samples", type=int, default=500, help="samples a client holds (500)")
+    p.add_argument("--classes", type=int, default=10, help="classes of the task (10)")
+    p.add_argument("--memory-fraction", type=float, default=1.0,
+                   help="share of a device's memory the client may use (1)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    p.set_defaults(fn=cmd_plan)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,8 +8,8 @@ from torch import nn
 from sfprompt.platform.config.load import replace
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.model.build import build_split
-from sfprompt.studies.feasibility import (Infeasible, check_memory, client_memory_bytes,
-                                          saved_activation_bytes)
+from sfprompt.platform.sim.memory import client_memory_bytes, saved_activation_bytes
+from sfprompt.studies.feasibility import Infeasible, check_memory
 
 TINY = {"model.name": "vit_tiny_patch16_224", "model.weights": "random", "model.img_size": 32}
 

@@ -1,0 +1,81 @@
+"""Split planning: which (head_blocks, tail_blocks) each kind of device of a fleet
+should hold, from the cost model, the memory footprint and the clock, in seconds.
+
+For each candidate split, the cost model runs one client's round on meta tensors
+(platform/sim/costmodel.py: bytes and messages by kind, client FLOPs, the server FLOPs
+it causes) and the footprint says what the device must hold (platform/sim/memory.py).
+Those depend on the split and not on the device, so a fleet costs one pass per
+candidate. The virtual clock's formulas (clock.py) then give the round's simulated
+seconds on each distinct device of the fleet (its tier's figures, `profiles.sigma`
+left out; one row per tier, or per distinct trace row, not per client):
+
+    compute = client FLOPs / flops_per_s
+    comm    = sum over kinds of m * (latency + jitter) + 8 * bytes / bandwidth
+    server  = server FLOPs / one server slot's speed
+    round   = compute + comm + server
+
+with the jitter at its mean and no server queue and no faults: one client alone. The
+round is a later visit's (the one-off frozen download is its own column). A device's
+plan is the fastest split whose footprint fits `memory_fraction` of its memory (ties:
+the first candidate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+
+from sfprompt.platform.config.load import replace
+from sfprompt.platform.config.schema import Config
+from sfprompt.platform.sim.clock import bandwidth
+from sfprompt.platform.sim.costmodel import client_cost
+from sfprompt.platform.sim.memory import client_memory_bytes
+from sfprompt.platform.sim.profiles import Profile, make_profiles, server_profile
+from sfprompt.platform.wire.link import KINDS
+
+
+def fleet_devices(cfg: Config) -> Counter[Profile]:
+    """The fleet's distinct devices at their tiers' figures, with how many clients are
+    each."""
+    profiles = dataclasses.replace(cfg.profiles, sigma=0.0)
+    return Counter(make_profiles(profiles, cfg.fed.num_clients, cfg.run.seed))
+
+
+def plan_splits(cfg: Config, splits: Sequence[tuple[int, int]], samples: int,
+                num_classes: int = 10, memory_fraction: float = 1.0) -> list[dict]:
+    """One row per (device, split), devices in fleet order and splits in the given
+    order: footprint, whether it fits, counts and seconds; `chosen` marks each device's
+    plan (none where nothing fits)."""
+    server = server_profile(cfg.profiles)
+    slot = server.flops_per_s / server.concurrency
+    candidates = []
+    for head, tail in splits:
+        split_cfg = replace(cfg, **{"split.head_blocks": head, "split.tail_blocks": tail})
+        first = client_cost(split_cfg, samples, num_classes)
+        candidates.append((head, tail, client_cost(split_cfg, samples, num_classes,
+                                                   first_visit=False),
+                           first.bytes.get("frozen_download", 0),
+                           sum(client_memory_bytes(split_cfg).values())))
+    rows = []
+    for device, clients in fleet_devices(cfg).items():
+        plan = []
+        for head, tail, cost, frozen, memory in candidates:
+            comm = sum(cost.messages.get(k, 0) * (device.latency_s + device.jitter_s)
+                       + 8 * cost.bytes.get(k, 0) / bandwidth(device, k) for k in KINDS)
+            compute = cost.client_flops / device.flops_per_s
+            server_s = cost.server_flops / slot
+            plan.append({"tier": device.tier, "clients": clients,
+                         "split.head_blocks": head, "split.tail_blocks": tail,
+                         "memory_bytes": memory,
+                         "fits": memory <= memory_fraction * device.memory_bytes,
+                         "flops.client": cost.client_flops, "flops.server": cost.server_flops,
+                         "bytes.round": sum(cost.bytes.values()),
+                         "bytes.frozen_download": frozen, "sim.compute_seconds": compute,
+                         "sim.comm_seconds": comm, "sim.server_seconds": server_s,
+                         "sim.round_seconds": compute + comm + server_s, "chosen": False})
+        fitting = [r for r in plan if r["fits"]]
+        if fitting:
+            min(fitting, key=lambda r: r["sim.round_seconds"])["chosen"] = True
+        rows.extend(plan)
+    return rows
