@@ -11,6 +11,8 @@ mean and standard deviation over seeds (`summarise`):
     rounds.to_target             first round at or above the target accuracy (mean
                                  over the seeds that reach it; `target.reached` counts them)
     bytes.to_target, sim.to_target  cumulative bytes (all kinds) and simulated seconds then
+    flops.client.to_target       cumulative client FLOPs then (the paper's claim is a
+                                 ratio at equal accuracy)
     flops.client.round / .total  client FLOPs per round (mean) and over the run; server too
     bytes.round                  per-round traffic (every kind but the one-off frozen_download)
     bytes.total, bytes.<kind>.total  all traffic of the run, and by kind
@@ -42,7 +44,8 @@ from sfprompt.results.tables import ROUNDS, read_rounds
 # Settings in which runs of one variant may differ: the seed, and where they were written.
 SAME_VARIANT = ("run.seed", "run.run_id", "run.out_dir")
 TARGET_FRACTION = 0.8  # default target: this fraction of the best accuracy of any run
-RATIO_METRICS = ("flops.client.round", "flops.client.total", "bytes.round", "bytes.total")
+RATIO_METRICS = ("flops.client.round", "flops.client.total", "bytes.round", "bytes.total",
+                 "flops.client.to_target", "bytes.to_target")
 MB, GFLOP = 1e6, 1e9
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,7 @@ def run_metrics(run: pd.DataFrame, target: float) -> dict:
            "rounds.to_target": at(run["round"]),
            "bytes.to_target": at(total.cumsum()),
            "sim.to_target": at(run["sim.elapsed_seconds"]),
+           "flops.client.to_target": at(run["flops.client"].cumsum()),
            "bytes.round": float((total - run.get("bytes.frozen_download", 0)).mean()),
            "bytes.total": float(total.sum()),
            "sim.elapsed": float(run["sim.elapsed_seconds"].iloc[-1]),
@@ -181,6 +185,7 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     """The table a person reads: the headline columns as text, scaled to MB and GFLOP
     (compare.md and the HTML report)."""
     header = ["method", "runs", "final acc", "best acc", "rounds to target", "MB to target",
+              "client GFLOP to target", "at target vs fl (FLOPs, traffic)",
               "client GFLOP/round", "client GFLOP total", "client FLOPs vs fl", "MB/round",
               "MB total", "traffic vs fl", "one-off MB", "sim s"]
     rows = []
@@ -189,7 +194,9 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
             return _pm(r[f"{metric}.mean"], r[f"{metric}.std"], scale, digits)
         cells = [r["method"], str(r["runs"]), m("accuracy.final"), m("accuracy.best"),
                  f"{m('rounds.to_target', digits=1)} ({r['target.reached']}/{r['runs']})",
-                 m("bytes.to_target", MB, 1), m("flops.client.round", GFLOP, 1),
+                 m("bytes.to_target", MB, 1), m("flops.client.to_target", GFLOP, 1),
+                 f"{_ratio(r, 'flops.client.to_target')}, {_ratio(r, 'bytes.to_target')}",
+                 m("flops.client.round", GFLOP, 1),
                  m("flops.client.total", GFLOP, 1), _ratio(r, "flops.client.total"),
                  m("bytes.round", MB, 2), m("bytes.total", MB, 1), _ratio(r, "bytes.total"),
                  m("bytes.frozen_download.total", MB, 1), m("sim.elapsed", 1.0, 1)]

@@ -49,6 +49,10 @@ def test_table_by_hand():
     assert sf["target.reached"] == 1 and sf["rounds.to_target.mean"] == 3
     assert sf["bytes.to_target.mean"] == 160 and math.isnan(sf["rounds.to_target.std"])
     assert sf["sim.to_target.mean"] == 30
+    # Client FLOPs by then: fl 2 x 1000, sfprompt 3 x 10, so at equal accuracy 0.015x fl's.
+    assert (fl["flops.client.to_target.mean"], sf["flops.client.to_target.mean"]) == (2000, 30)
+    assert sf["flops.client.to_target_vs_fl"] == pytest.approx(0.015)
+    assert sf["bytes.to_target_vs_fl"] == pytest.approx(160 / 400)
     assert sf["bytes.round.mean"] == 30 and sf["bytes.total.mean"] == 160
     assert sf["bytes.frozen_download.total.mean"] == 70
     assert sf["bytes.total_vs_fl"] == pytest.approx(160 / 600)
@@ -57,6 +61,7 @@ def test_table_by_hand():
     md = to_markdown(summarise(SYNTHETIC, target=0.5, order=["fl", "sfprompt"]))
     assert "| sfprompt | 2 | 0.400 ± 0.141 | 0.400 ± 0.141 | 3.0 (1/2) |" in md
     assert "0.2667x" in md and md.startswith("Target accuracy 0.5000")
+    assert "| 0.015x, 0.4x |" in md
 
 
 def test_default_target_is_a_fraction_of_the_best_run():
