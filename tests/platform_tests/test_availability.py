@@ -192,17 +192,18 @@ def test_build_world_reads_the_trace_before_any_data(tmp_path):
 
 
 def test_a_buffered_client_that_leaves_while_training_is_dropped_when_it_leaves(tmp_path):
-    # Client c would finish c + 1 s after it starts; client 3 goes offline at 3.5 s.
-    # Round 1 (0-2 s) aggregates 0 and 1; round 2 (2-3 s) client 2 and the fresh client
-    # 0; in round 3 (from 3 s) client 3, still training since 0 s, leaves at 3.5 s.
-    rows = [(c, 0, 100) for c in range(3)] + [(3, 0, 3.5)]
+    # Client c would finish c + 1 s after it starts; client 3 goes offline at 2.5 s.
+    # Round 1 (0-2 s) aggregates 0 and 1; in round 2 (from 2 s) client 3, training since
+    # 0 s, leaves at 2.5 s, before the buffer fills at 3 s with client 2 and the fresh
+    # client 0: it is dropped then, not when it would have finished (4 s).
+    rows = [(c, 0, 100) for c in range(3)] + [(3, 0, 2.5)]
     out, backend = _run(tmp_path, rows, ["fed.clients_per_round=4", "fed.buffer_size=2",
                                          "fed.protocol=buffered", "fed.rounds=3"],
                         num_clients=4)
-    assert backend.calls == [[0, 1, 2, 3], [0, 1], [0, 2]]
+    assert backend.calls == [[0, 1, 2, 3], [0, 1], [0, 2]]  # 3 is offline from 2.5 s
     assert [[(o.client, o.status) for o in outcomes] for _, outcomes in out] == \
-        [[(0, "ok"), (1, "ok")], [(0, "ok"), (2, "ok")], [(0, "ok"), (1, "ok"), (3, "dropped")]]
-    row, outcomes = out[2]
-    assert (row["dropped"], row["sim.round_seconds"], row["sim.elapsed_seconds"]) == (1, 1.0, 4.0)
+        [[(0, "ok"), (1, "ok")], [(0, "ok"), (2, "ok"), (3, "dropped")], [(0, "ok"), (1, "ok")]]
+    row, outcomes = out[1]
+    assert (row["dropped"], row["sim.round_seconds"], row["sim.elapsed_seconds"]) == (1, 1.0, 3.0)
     gone = {r["client"]: r for r in client_rows(row, outcomes)}[3]
-    assert (gone["sim.left_seconds"], gone["sim.start_seconds"], gone["staleness"]) == (3.5, -3.0, 2)
+    assert (gone["sim.left_seconds"], gone["sim.start_seconds"], gone["staleness"]) == (2.5, -2.0, 1)
