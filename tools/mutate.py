@@ -39,6 +39,7 @@ MODULES = {
                                              f"{T}/test_availability.py"]),
     "availability": ("platform/sim/availability.py", [f"{T}/test_availability.py"]),
     "protocols": ("platform/fed/protocols.py", [f"{T}/test_protocols.py"]),
+    "staleness": ("platform/fed/staleness.py", [f"{T}/test_protocols.py"]),
     "codecs": ("platform/wire/codecs.py", [f"{T}/test_compression.py"]),
     "link": ("platform/wire/link.py", [f"{T}/test_accounting.py"]),
     "pruning": ("platform/method/pruning.py", [f"{T}/test_core_truths.py",
