@@ -17,6 +17,7 @@ or a missing test, and a Markdown table at the end; the README keeps the latest 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sqlite3
@@ -101,6 +102,9 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"mutate: unknown module {unknown[0]!r} (known: {', '.join(MODULES)})",
               file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("mutmut") is None:
+        print("mutate: mutmut is not installed (make mutate installs it)", file=sys.stderr)
         return 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="sfprompt-mutate-") as tmp:
