@@ -293,12 +293,16 @@ def test_staleness_weightings_and_rebase_by_hand():
     assert STALENESS["polynomial"](fed, 0) == 1.0
     assert STALENESS["polynomial"](fed, 3) == 0.5  # 1 / sqrt(4)
     assert STALENESS["polynomial"](FedConfig(staleness_exponent=2.0), 1) == 0.25
-    state = {"w": torch.tensor([3.0, 1.0]), "norm.running_var": torch.tensor([0.5])}
-    base = {"w": torch.tensor([1.0, 1.0]), "norm.running_var": torch.tensor([2.0])}
-    now = {"w": torch.tensor([10.0, 20.0]), "norm.running_var": torch.tensor([4.0])}
+    # The statistic first: the tensors after it are rebased too.
+    state = {"norm.running_var": torch.tensor([0.5]), "w": torch.tensor([3.0, 1.0])}
+    base = {"norm.running_var": torch.tensor([2.0]), "w": torch.tensor([1.0, 1.0])}
+    now = {"norm.running_var": torch.tensor([4.0]), "w": torch.tensor([10.0, 20.0])}
     out = rebase(state, base, now, 0.25)
     assert out["w"].tolist() == [10.5, 20.0] and out["w"].dtype == torch.float32
     assert out["norm.running_var"].tolist() == [0.5]  # a statistic: as measured
+    with pytest.raises(ConfigError, match=r"^fed.staleness: unknown staleness weighting "
+                                          r"'linear' \(known: constant, polynomial\)$"):
+        load_config(None, ["fed.staleness=linear"])
 
 
 @pytest.mark.parametrize("staleness, round2, round3", [
