@@ -163,7 +163,8 @@ def test_the_run_and_resume_commands_go_through_the_api(tmp_path, capsys):
                                                     f"results: {run_dir}"]
     assert main(["resume", str(run_dir)]) == 2
     assert capsys.readouterr().err == (f"sfprompt: error: {run_dir}: the run already "
-                                       "completed; nothing to resume\n")
+                                       "completed its 1 rounds; nothing to resume "
+                                       "(--rounds N continues it to N)\n")
 
 
 def test_cost_equals_what_the_cost_command_prints(capsys):

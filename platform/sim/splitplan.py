@@ -26,7 +26,6 @@ import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 
-from sfprompt.platform.config.load import replace
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.sim.clock import bandwidth
 from sfprompt.platform.sim.costmodel import client_cost
@@ -51,7 +50,10 @@ def plan_splits(cfg: Config, splits: Sequence[tuple[int, int]], samples: int,
     slot = server.flops_per_s / server.concurrency
     candidates = []
     for head, tail in splits:
-        split_cfg = replace(cfg, **{"split.head_blocks": head, "split.tail_blocks": tail})
+        # No revalidation (config loading is a layer above): the split refuses a cut
+        # that does not fit the model, in one line.
+        split_cfg = dataclasses.replace(cfg, split=dataclasses.replace(
+            cfg.split, head_blocks=head, tail_blocks=tail))
         first = client_cost(split_cfg, samples, num_classes)
         candidates.append((head, tail, client_cost(split_cfg, samples, num_classes,
                                                    first_visit=False),

@@ -79,7 +79,8 @@ def test_each_device_gets_the_fastest_split_that_fits(cfg, rows):
     (["--splits", "1:x"], "--splits: expected head:tail pairs"),
     (["--splits", ""], "--splits: "),
     (["--memory-fraction", "0"], "--memory-fraction: must be in (0, 1]"),
-    (["--splits", "9:9"], "split: head_blocks + tail_blocks = 18"),
+    (["--splits", "9:9"], "split: head_blocks=9 + tail_blocks=9 does not fit"),
+    (["--splits=-1:0"], "split: head_blocks=-1 + tail_blocks=0 does not fit"),
 ])
 def test_bad_plan_input_is_one_line(args, says, capsys):
     assert main(["plan", *args, *TINY]) == 2
