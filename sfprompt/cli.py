@@ -270,8 +270,6 @@ def cmd_plan(args) -> int:
 
     from sfprompt.platform.sim.splitplan import plan_splits
     cfg = _config(args)
-    if not 0 < args.memory_fraction <= 1:
-        raise SfpromptError(f"--memory-fraction: must be in (0, 1], got {args.memory_fraction}")
     rows = plan_splits(cfg, _splits(args.splits), args.samples, args.classes,
                        args.memory_fraction)
     print(f"{cfg.train.method}, {cfg.model.name} at {cfg.model.img_size} px, {args.samples} "

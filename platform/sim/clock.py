@@ -63,9 +63,10 @@ def message_seconds(profile: Profile, kind: str, nbytes: int) -> float:
 
 
 def comm_seconds(profile: Profile, nbytes: Mapping[str, int], messages: Mapping[str, int],
-                 rng: np.random.Generator) -> float:
+                 rng: np.random.Generator | None) -> float:
     """All of a client's traffic: per kind, m messages carrying `nbytes[kind]` in total
-    (the latency is paid per message, the transfer per byte, so m x latency + bytes)."""
+    (the latency is paid per message, the transfer per byte, so m x latency + bytes);
+    `rng` draws the jitter (None only for a profile without jitter)."""
     total = 0.0
     for kind in KINDS:  # fixed order: the same draws in the same order on every host
         m = messages.get(kind, 0)

@@ -27,11 +27,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.sim.clock import bandwidth
+from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.sim.clock import comm_seconds
 from sfprompt.platform.sim.costmodel import client_cost
 from sfprompt.platform.sim.memory import client_memory_bytes
 from sfprompt.platform.sim.profiles import Profile, make_profiles, server_profile
-from sfprompt.platform.wire.link import KINDS
 
 
 def fleet_devices(cfg: Config) -> Counter[Profile]:
@@ -46,6 +46,8 @@ def plan_splits(cfg: Config, splits: Sequence[tuple[int, int]], samples: int,
     """One row per (device, split), devices in fleet order and splits in the given
     order: footprint, whether it fits, counts and seconds; `chosen` marks each device's
     plan (none where nothing fits)."""
+    if not 0 < memory_fraction <= 1:
+        raise SfpromptError(f"--memory-fraction: must be in (0, 1], got {memory_fraction}")
     server = server_profile(cfg.profiles)
     slot = server.flops_per_s / server.concurrency
     candidates = []
@@ -63,8 +65,10 @@ def plan_splits(cfg: Config, splits: Sequence[tuple[int, int]], samples: int,
     for device, clients in fleet_devices(cfg).items():
         plan = []
         for head, tail, cost, frozen, memory in candidates:
-            comm = sum(cost.messages.get(k, 0) * (device.latency_s + device.jitter_s)
-                       + 8 * cost.bytes.get(k, 0) / bandwidth(device, k) for k in KINDS)
+            # The clock's own sum without jitter draws, plus the jitter's mean per message.
+            comm = (comm_seconds(dataclasses.replace(device, jitter_s=0.0), cost.bytes,
+                                 cost.messages, rng=None)
+                    + sum(cost.messages.values()) * device.jitter_s)
             compute = cost.client_flops / device.flops_per_s
             server_s = cost.server_flops / slot
             plan.append({"tier": device.tier, "clients": clients,
