@@ -142,19 +142,26 @@ class RayBackend:
         todo = sorted(tasks, key=lambda t: t.client) if trains else list(tasks)
         results: dict[int, ClientResult] = {}
         failed: list[int] = []
+        # Under a split plan the server's bodies need the round's global state (plans.py).
+        planned = self.server is not None and self.cfg.split.plan != "fixed"
         for _ in range(SERVER_RESTARTS + 1):
             if trains:
                 self._sync_server()
+            loaded = (self._ask_server("loading the global state", "load_global",
+                                       state_to_wire(global_state)) if planned else None)
             run = self.pool.run(todo, self.world.profiles, global_state, in_flight)
             self._settle(run, results, failed)
-            # A trained body also loses its steps to a restart no request noticed.
-            if not run.server_lost and not (trains and self._server_id != self._incarnation()):
+            # A trained body also loses its steps to a restart no request noticed, and a
+            # restarted server has lost the plan's global state.
+            over = ((trains and self._server_id != self._incarnation())
+                    or (planned and loaded != self._incarnation()))
+            if not run.server_lost and not over:
                 break
             log.warning("round %d: the server actor was lost; after its restart, %s",
-                        todo[0].round, "the round starts over" if trains else
+                        todo[0].round, "the round starts over" if trains or over else
                         f"{len(run.server_lost)} client(s) run again")
             self._crash_armed = False  # a restarted server is built unarmed
-            if trains:  # the body lost this round's steps: start the round over
+            if trains or over:  # the body lost this round's steps: start the round over
                 self._server_id = None  # restore it, whatever happened
                 results.clear()
                 todo = [t for t in todo if t.client not in failed]

@@ -41,6 +41,7 @@ from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.loop.backend import client_done
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
+from sfprompt.platform.method.planned import PlannedWorkers
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
@@ -83,8 +84,9 @@ class ServerProxy:
         self.incarnation: str | None = None
         self.wait_seconds = 0.0  # time spent waiting on the server
 
-    def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool) -> torch.Tensor:
-        return from_wire(self._call("forward", key, to_wire(smashed), input_grad))
+    def forward(self, key: Hashable, smashed: torch.Tensor, input_grad: bool,
+                split: tuple[int, int] | None = None) -> torch.Tensor:
+        return from_wire(self._call("forward", key, to_wire(smashed), input_grad, split))
 
     def backward(self, key: Hashable, grad_out: torch.Tensor) -> torch.Tensor | None:
         return from_wire(self._call("backward", key, to_wire(grad_out)))
@@ -119,15 +121,17 @@ class ClientActor:
         split, _ = build_split(cfg, num_classes)
         # ray.body = "clients": this process serves its own clients' body steps, with the
         # frozen body built as the server actor would build it (server.py).
-        self.body = (BodyServer(split.body, precision=cfg.run.precision)
+        self.body = (BodyServer(split.body, precision=cfg.run.precision, split=split)
                      if body_in_clients else None)
-        if not self.method.client_body:
-            split.body = None  # it lives on the server; dropping it frees its weights here
+        if not self.method.client_body and split.vit is None:
+            # It lives on the server; dropping it frees its weights here (a split plan
+            # keeps them: every cut is made from the whole model, model/plans.py).
+            split.body = None
         with warnings.catch_warnings():
             # Object-store arrays are read-only; batches are copies, nothing writes them.
             warnings.simplefilter("ignore", UserWarning)
             images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
-        self.worker = ClientWorker(split, images_t, labels_t, **norm)
+        self.workers = PlannedWorkers(ClientWorker(split, images_t, labels_t, **norm))
         # Methods that do not split get no server (and never call one).
         self.server = ServerProxy(server, cfg.ray.timeout_s) if server is not None else None
 
@@ -141,9 +145,9 @@ class ClientActor:
         start = time.perf_counter()
         with emulate_network(self.cfg.network, profile, task.seed), \
                 autocast(self.cfg.run.precision):
-            result = self.method.client_round(self.cfg, self.worker, task,
-                                              state_from_wire(global_state),
-                                              self.body or self.server)
+            result = self.workers.client_round(self.method, self.cfg, task,
+                                               state_from_wire(global_state),
+                                               self.body or self.server)
         seconds = {"client_round": time.perf_counter() - start,
                    "server_wait": self.server.wait_seconds if self.server else 0.0}
         if self.server is not None:

@@ -34,7 +34,7 @@ from collections.abc import Hashable
 import ray
 import torch
 
-from sfprompt.actors.wire import from_wire, to_wire
+from sfprompt.actors.wire import from_wire, state_from_wire, to_wire
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
@@ -49,9 +49,14 @@ class ServerActor:
         split, _ = build_split(cfg, num_classes)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # As LocalBackend builds it: the body is pretrained, so it steps at pretrained_lr.
-        self.server = BodyServer(split.body.to(self.device),
-                                 trains=METHODS[cfg.train.method].server_trains,
-                                 lr=cfg.train.pretrained_lr, precision=cfg.run.precision)
+        # A split plan's cuts take their bodies from the whole model (model/plans.py),
+        # where some clients' tail blocks are others' body: here nothing trains.
+        if split.vit is not None:
+            split.vit.requires_grad_(False).to(self.device)
+        split.body.to(self.device)
+        self.server = BodyServer(split.body, trains=METHODS[cfg.train.method].server_trains,
+                                 lr=cfg.train.pretrained_lr, precision=cfg.run.precision,
+                                 split=split)
         self._busy = 0.0  # wall seconds inside the body, for "where the time goes"
         self._busy_lock = threading.Lock()
         self._crash = False  # an armed injected crash (module doc)
@@ -59,13 +64,14 @@ class ServerActor:
         # sees it change knows the server lost what it held.
         self._incarnation = uuid.uuid4().hex
 
-    def forward(self, key: Hashable, smashed, input_grad: bool) -> tuple:
+    def forward(self, key: Hashable, smashed, input_grad: bool,
+                split: tuple[int, int] | None = None) -> tuple:
         """(body output, FLOPs of the request, incarnation): the reply clients.ServerProxy
-        reads, every tensor as numpy (wire.py)."""
+        reads, every tensor as numpy (wire.py); `split`: the client's, under a plan."""
         if self._crash:
             os._exit(1)  # no clean-up, no reply: the process is simply gone
         start = time.perf_counter()
-        out = self.server.forward(key, from_wire(smashed).to(self.device), input_grad)
+        out = self.server.forward(key, from_wire(smashed).to(self.device), input_grad, split)
         self._add_busy(time.perf_counter() - start)
         return to_wire(out.cpu()), self.server.take_flops(key), self._incarnation
 
@@ -76,6 +82,12 @@ class ServerActor:
         self._add_busy(time.perf_counter() - start)
         return (None if grad is None else to_wire(grad.cpu()), self.server.take_flops(key),
                 self._incarnation)
+
+    def load_global(self, state) -> str:
+        """A split plan's global state (BodyServer.load_global); returns the incarnation
+        that holds it."""
+        self.server.load_global({k: v.to(self.device) for k, v in state_from_wire(state).items()})
+        return self._incarnation
 
     def incarnation(self) -> str:
         return self._incarnation

@@ -36,6 +36,17 @@ class SplitConfig:
     # least one block and "mean" otherwise, since with no client block the CLS token
     # never sees the image.
     local_pool: str = "auto"
+    # Which split each client holds (model/plans.py): "fixed" (head_blocks and
+    # tail_blocks above for every client), "by_tier" (split.tiers), "fit" (per device,
+    # the split.candidates split with the shortest simulated round that fits
+    # split.memory_fraction of its memory: sfprompt plan's choice).
+    plan: str = "fixed"
+    # The by_tier plan, as "tier=head:tail,..."; a tier not named holds head_blocks:tail_blocks.
+    tiers: str = ""
+    # The fit plan's candidate splits, as "head:tail,...".
+    candidates: str = "0:0,1:1,2:2"
+    # The fraction of a device's memory a fit split may take.
+    memory_fraction: float = 1.0
 
 
 @dataclass(frozen=True)

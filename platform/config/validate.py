@@ -110,6 +110,7 @@ def validate(cfg: Config) -> None:
     used = cfg.split.head_blocks + cfg.split.tail_blocks
     _check(used <= depth, "split",
            f"head_blocks + tail_blocks = {used} exceeds the {depth} blocks of {cfg.model.name}")
+    _validate_plan(cfg, depth, METHODS[cfg.train.method])
     _validate_clock(cfg)
     _validate_faults(cfg)
     _check(cfg.train.local_classifier != "separate" or METHODS[cfg.train.method].local_path,
@@ -118,6 +119,35 @@ def validate(cfg: Config) -> None:
     _validate_body(cfg, METHODS[cfg.train.method])
     _check(not cfg.log.tensorboard or importlib.util.find_spec("tensorboard") is not None,
            "log.tensorboard", "needs the tensorboard package: pip install 'sfprompt[tensorboard]'")
+
+
+def _validate_plan(cfg: Config, depth: int, method) -> None:
+    """split.plan (model/plans.py): the splits it may give, whether they can share one
+    model, and a method whose clients can hold different splits."""
+    from sfprompt.platform.model.plans import PLANS, parse_splits, parse_tiers, plan_splits_of
+    from sfprompt.platform.sim.profiles import TIERS
+    _check_choice("split.plan", cfg.split.plan, PLANS)
+    tiers = parse_tiers(cfg.split.tiers)  # each raises ConfigError naming its key
+    parse_splits("split.candidates", cfg.split.candidates)
+    _check(0 < cfg.split.memory_fraction <= 1, "split.memory_fraction",
+           f"must be in (0, 1], got {cfg.split.memory_fraction}")
+    if cfg.split.plan == "fixed":
+        return
+    _check(not (method.client_body or method.server_trains or method.pooled), "split.plan",
+           f"{cfg.split.plan!r} needs a method that splits the model with a frozen body "
+           f"(sfprompt); train.method = {cfg.train.method!r} does not")
+    if cfg.split.plan == "by_tier" and cfg.profiles.source != "trace":
+        for tier in tiers:
+            TIERS.check("split.tiers", tier)
+    key = "split.tiers" if cfg.split.plan == "by_tier" else "split.candidates"
+    splits = plan_splits_of(cfg.split)
+    for head, tail in splits:
+        _check(head + tail <= depth, key, f"{head}:{tail} exceeds the {depth} blocks of "
+               f"{cfg.model.name}")
+    most_head, most_tail = max(h for h, _ in splits), max(t for _, t in splits)
+    _check(most_head + most_tail <= depth, key,
+           f"a block would be in one client's head ({most_head} blocks) and another's tail "
+           f"({most_tail}) of the {depth} blocks of {cfg.model.name}")
 
 
 def _validate_server_optimizer(cfg: Config) -> None:

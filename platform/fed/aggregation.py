@@ -69,6 +69,38 @@ def _average64(states: Sequence[State], weights: Sequence[float]) -> State:
     return out
 
 
+def aggregate_held(rule: Aggregation, states: Sequence[State], weights: Sequence[float],
+                   global_state: State, memory: Memory, fed: FedConfig) -> tuple[State, Memory]:
+    """`rule` where clients may hold different parts of the global state (split plans,
+    model/plans.py): every entry is aggregated over the clients that hold it, with their
+    weights, and one that no client holds keeps its global value and its memory. Every
+    rule here treats entries one by one, so this is the rule itself when every client
+    holds everything."""
+    extra = sorted(set().union(*states) - set(global_state))
+    if extra:
+        raise ValueError(f"client states hold {extra}, which the global state lacks")
+    if all(len(state) == len(global_state) for state in states):
+        return rule(states, weights, global_state, memory, fed)
+    groups: dict[tuple[int, ...], list[str]] = {}  # clients holding an entry -> entries
+    for name in global_state:
+        holders = tuple(i for i, state in enumerate(states) if name in state)
+        if holders:
+            groups.setdefault(holders, []).append(name)
+    held = {name for names in groups.values() for name in names}
+    new_state = dict(global_state)
+    new_memory = {k: v for k, v in memory.items() if k.split("/", 1)[1] not in held}
+    for holders, names in groups.items():
+        mine = set(names)
+        part, part_memory = rule([{n: states[i][n] for n in names} for i in holders],
+                                 [weights[i] for i in holders],
+                                 {n: global_state[n] for n in names},
+                                 {k: v for k, v in memory.items() if k.split("/", 1)[1] in mine},
+                                 fed)
+        new_state.update(part)
+        new_memory.update(part_memory)
+    return new_state, new_memory
+
+
 def fedavg(states: Sequence[State], weights: Sequence[float]) -> State:
     """sum_k w_k * state_k / sum_k w_k, tensor by tensor, in float64 then back to dtype."""
     return {name: acc.to(states[0][name].dtype)

@@ -16,6 +16,7 @@ from typing import Protocol
 from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
 from sfprompt.platform.loop.world import World
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
+from sfprompt.platform.method.planned import PlannedWorkers
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.precision import autocast
@@ -75,10 +76,11 @@ class LocalBackend:
         cfg = world.cfg
         self.cfg = cfg
         self.method = METHODS[cfg.train.method]
-        self.worker = ClientWorker(world.split, world.data.train_images, world.data.train_labels,
-                             **world.norm)
+        self.workers = PlannedWorkers(ClientWorker(world.split, world.data.train_images,
+                                                   world.data.train_labels, **world.norm))
         self.server = BodyServer(world.split.body, trains=self.method.server_trains,
-                                 lr=cfg.train.pretrained_lr, precision=cfg.run.precision)
+                                 lr=cfg.train.pretrained_lr, precision=cfg.run.precision,
+                                 split=world.split)
         self.evaluator = Evaluator(cfg, world.split, world.data.test_images,
                                    world.data.test_labels, world.norm)
         self.profiles = world.profiles
@@ -89,8 +91,8 @@ class LocalBackend:
             if not task.crash:  # a crash: the process running this client dies, work lost
                 with emulate_network(self.cfg.network, self.profiles[task.client],
                                      task.seed), autocast(self.cfg.run.precision):
-                    result = self.method.client_round(self.cfg, self.worker, task,
-                                                      global_state, self.server)
+                    result = self.workers.client_round(self.method, self.cfg, task,
+                                                       global_state, self.server)
                 result.server_flops = self.server.take_flops(task.client)
                 results.append(result)
             client_done(i + 1, len(tasks))

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.fed.aggregation import AGGREGATIONS
+from sfprompt.platform.fed.aggregation import AGGREGATIONS, aggregate_held
 from sfprompt.platform.fed.protocols import PROTOCOLS, is_online
 from sfprompt.platform.fed.sampling import client_seed, sample_clients
 from sfprompt.platform.fed.staleness import STALENESS, rebase
@@ -151,7 +151,7 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     tasks = [ClientTask(c, round_, world.shards[c], client_seed(cfg.run.seed, round_, c),
                         first_visit=c not in progress.visited,
                         crash=client_crashes(cfg.faults, cfg.run.seed, round_, c),
-                        kept=progress.kept.get(c))
+                        kept=progress.kept.get(c), split=world.split_of(c))
              for c in online]
     crashed = {t.client for t in tasks if t.crash}
     if crashed:
@@ -187,11 +187,13 @@ def _train_round(world: World, backend: Backend, progress: Progress,
     progress.in_flight = [dataclasses.replace(f, start=f.start - seconds)
                           for f, s in zip(flights, statuses) if s == "training"]
     outcomes = sorted([Outcome(f.client, world.profiles[f.client], s, f.result, f.time, f.faults,
-                               left=f.left, staleness=version - f.version, start=f.start)
+                               left=f.left, staleness=version - f.version, start=f.start,
+                               split=world.held_split(f.client))
                        for f, s in zip(flights, statuses) if s != "training"]
-                      + [Outcome(c, world.profiles[c], "offline") for c in offline]
-                      + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed)
-                         for c in failed],
+                      + [Outcome(c, world.profiles[c], "offline", split=world.held_split(c))
+                         for c in offline]
+                      + [Outcome(c, world.profiles[c], "failed", crashed=c in crashed,
+                                 split=world.held_split(c)) for c in failed],
                       key=lambda o: o.client)
     _aggregate(cfg, progress, [o for o in outcomes if o.status == "ok"], round_)
     row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,
@@ -218,9 +220,9 @@ def _aggregate(cfg: Config, progress: Progress, aggregated: list[Outcome], round
                   rebase(o.result.state, progress.bases[round_ - 1 - o.staleness],
                          progress.global_state, weight(cfg.fed, o.staleness))
                   for o in aggregated]
-        progress.global_state, progress.aggregator = AGGREGATIONS[cfg.fed.aggregation](
-            states, [o.result.num_kept for o in aggregated], progress.global_state,
-            progress.aggregator, cfg.fed)
+        progress.global_state, progress.aggregator = aggregate_held(
+            AGGREGATIONS[cfg.fed.aggregation], states, [o.result.num_kept for o in aggregated],
+            progress.global_state, progress.aggregator, cfg.fed)
     else:
         log.warning("round %d: no client update to aggregate; the global state stays", round_)
     needed = {f.version for f in progress.in_flight}

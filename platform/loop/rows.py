@@ -35,6 +35,7 @@ class Outcome:
     # started, in seconds from the round's start (< 0: in an earlier round).
     staleness: int = 0
     start: float = 0.0
+    split: tuple[int, int] | None = None  # (head_blocks, tail_blocks) it holds
 
 
 def round_row(round_: int, outcomes: list[Outcome], accuracy: float, loss: float, wall: float,
@@ -81,6 +82,8 @@ def client_rows(row: dict, outcomes: list[Outcome]) -> list[dict]:
     for o in outcomes:
         out = {"round": row["round"], "client": o.client, "status": o.status,
                **{f"profile.{k}": v for k, v in dataclasses.asdict(o.profile).items()}}
+        if o.split is not None:
+            out["split.head_blocks"], out["split.tail_blocks"] = o.split
         r, t = o.result, o.time
         if r is not None and t is not None:
             out.update({"samples": r.num_samples, "kept_samples": r.num_kept,

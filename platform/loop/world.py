@@ -21,6 +21,7 @@ from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.model.build import build_split
 from sfprompt.platform.model.split import SplitModel
 from sfprompt.platform.sim.availability import Schedule, make_schedule
+from sfprompt.platform.sim.splitplan import client_splits
 from sfprompt.platform.sim.profiles import Profile, ServerProfile, make_profiles, server_profile
 
 
@@ -36,6 +37,19 @@ class World:
     profiles: list[Profile]  # one per registered client
     server: ServerProfile
     availability: Schedule | None = None  # None: per_round (sim/availability.py)
+    # Each client's (head_blocks, tail_blocks) under split.plan (model/plans.py).
+    splits: list[tuple[int, int]] | None = None
+
+    def split_of(self, client: int) -> tuple[int, int] | None:
+        """What a client's task names as its split: None under the fixed plan, where
+        every client holds the run's split itself."""
+        return None if self.cfg.split.plan == "fixed" else self.held_split(client)
+
+    def held_split(self, client: int) -> tuple[int, int]:
+        """The (head_blocks, tail_blocks) a client holds."""
+        if self.splits is None:
+            return self.cfg.split.head_blocks, self.cfg.split.tail_blocks
+        return self.splits[client]
 
 
 def build_world(cfg: Config) -> World:
@@ -51,8 +65,11 @@ def build_world(cfg: Config) -> World:
                        shards_per_client=cfg.fed.shards_per_client,
                        min_samples=cfg.fed.min_samples)
     split, norm = build_split(cfg, data.num_classes)
+    # A fit plan costs each candidate split once, at the mean shard's size.
+    splits = client_splits(cfg, profiles, round(float(np.mean([len(s) for s in shards]))),
+                           data.num_classes)
     return World(cfg, data, shards, split, norm, profiles, server_profile(cfg.profiles),
-                 availability)
+                 availability, splits)
 
 
 def initial_progress(world: World) -> Progress:

@@ -31,6 +31,7 @@ class ClientTask:
     first_visit: bool  # the client has never received the frozen head
     crash: bool = False  # injected fault: the client's process dies on receiving this
     kept: np.ndarray | None = None  # prune.once: the subset its first round kept
+    split: tuple[int, int] | None = None  # its split under a split plan (method/planned.py)
 
 
 @dataclass
@@ -86,7 +87,7 @@ class ClientWorker:
         self.split = split
         self.images = images  # (N, C, H, W) uint8: the raw set stays small in memory
         self.labels = labels  # (N,) int64
-        self._norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
+        self.norm = dict(img_size=img_size, mean=tuple(mean), std=tuple(std))
         self.client_model = split.client()
         self.parameters = list(self.client_model.parameters())
         # By name, walked once: every client's load, state and optimizer look them up,
@@ -106,7 +107,7 @@ class ClientWorker:
             idx = idx[torch.randperm(len(idx), generator=generator)]
         for start in range(0, len(idx), batch_size):
             chunk = idx[start:start + batch_size]
-            yield to_model_input(self.images[chunk], **self._norm), self.labels[chunk]
+            yield to_model_input(self.images[chunk], **self.norm), self.labels[chunk]
 
     def state(self) -> State:
         """What trains on the client and travels (client_state)."""

@@ -13,6 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.registry import METHODS, prompt_length
 from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.plans import reference_split
 from sfprompt.platform.model.split import (SplitModel, add_probe_norm, classifier_names,
                                            split_vit)
 from sfprompt.platform.model.weights import create_vit
@@ -31,6 +32,8 @@ def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
         torch.nn.init.zeros_(getattr(vit, name).weight)
         torch.nn.init.zeros_(getattr(vit, name).bias)
     split = method_split(cfg, vit)
+    if cfg.split.plan != "fixed":  # other cuts of the model are made from it (plans.py)
+        split.vit = vit
     pcfg = vit.pretrained_cfg
     norm = dict(img_size=cfg.model.img_size, mean=tuple(pcfg.get("mean", (0.5,) * 3)),
                 std=tuple(pcfg.get("std", (0.5,) * 3)))
@@ -43,7 +46,8 @@ def method_split(cfg: Config, vit: VisionTransformer) -> SplitModel:
     memory check (studies/feasibility.py)."""
     if cfg.model.probe_norm:
         add_probe_norm(vit)
-    split = split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, prompt_length(cfg),
+    head_blocks, tail_blocks = reference_split(cfg.split)  # the fixed split, unless planned
+    split = split_vit(vit, head_blocks, tail_blocks, prompt_length(cfg),
                       cfg.split.local_pool, cfg.train.local_classifier == "separate")
     set_trainable(split, METHODS[cfg.train.method])
     return split

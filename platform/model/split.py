@@ -223,9 +223,32 @@ class SplitModel:
     # The body lives on the client too (methods that do not split: fl, fl_prompt,
     # centralized); set by `method.trainable.set_trainable` from the method.
     client_body: bool = False
+    # The model the parts were cut from, kept where other cuts of it are needed (split
+    # plans: `cut`), and `split.local_pool`'s choice, which each cut resolves again.
+    vit: VisionTransformer | None = None
+    pool_choice: str = "auto"
 
     def __post_init__(self) -> None:
         self._norms = [m for m in self.tail.modules() if isinstance(m, ProbeNorm)]
+        self._cuts: dict[tuple[int, int], SplitModel] = {}
+
+    def cut(self, head_blocks: int, tail_blocks: int) -> SplitModel:
+        """The same model cut at (head_blocks, tail_blocks): every parameter shared with
+        this split, the prompts and the local classifier included, so training one cut
+        trains the others (model/plans.py). Needs `vit`; made once per cut."""
+        key = (head_blocks, tail_blocks)
+        if key not in self._cuts:
+            vit = self.vit
+            if vit is None:
+                raise SfpromptError("split: this split model keeps no ViT to cut again")
+            head = Head(vit, head_blocks, 0)  # no prompt drawn: the RNG stays untouched
+            head.prompts = self.head.prompts
+            tail = Tail(vit, tail_blocks, self.tail.prompt_length)
+            tail.local_classifier = self.tail.local_classifier
+            pool = local_pool_for(vit.global_pool, head_blocks, tail_blocks, self.pool_choice)
+            self._cuts[key] = SplitModel(head, Body(vit, head_blocks, tail_blocks), tail, pool,
+                                         vit=vit, pool_choice=self.pool_choice)
+        return self._cuts[key]
 
     def client(self) -> nn.ModuleDict:
         """The parameters that live on a client, named `head.*` and `tail.*` (and
@@ -299,4 +322,4 @@ def split_vit(vit: VisionTransformer, head_blocks: int, tail_blocks: int, prompt
     for part in (head, body, tail):  # in the model's mode, as their submodules are
         part.train(vit.training)
     pool = local_pool_for(vit.global_pool, head_blocks, tail_blocks, local_pool)
-    return SplitModel(head, body, tail, pool)
+    return SplitModel(head, body, tail, pool, pool_choice=local_pool)

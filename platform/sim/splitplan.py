@@ -27,7 +27,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from sfprompt.platform.config.schema import Config
-from sfprompt.platform.errors import SfpromptError
+from sfprompt.platform.errors import ConfigError, SfpromptError
+from sfprompt.platform.model.plans import Split, parse_splits, parse_tiers
 from sfprompt.platform.sim.clock import comm_seconds
 from sfprompt.platform.sim.costmodel import client_cost
 from sfprompt.platform.sim.memory import client_memory_bytes
@@ -55,7 +56,7 @@ def plan_splits(cfg: Config, splits: Sequence[tuple[int, int]], samples: int,
         # No revalidation (config loading is a layer above): the split refuses a cut
         # that does not fit the model, in one line.
         split_cfg = dataclasses.replace(cfg, split=dataclasses.replace(
-            cfg.split, head_blocks=head, tail_blocks=tail))
+            cfg.split, head_blocks=head, tail_blocks=tail, plan="fixed"))
         first = client_cost(split_cfg, samples, num_classes)
         candidates.append((head, tail, client_cost(split_cfg, samples, num_classes,
                                                    first_visit=False),
@@ -85,3 +86,33 @@ def plan_splits(cfg: Config, splits: Sequence[tuple[int, int]], samples: int,
             min(fitting, key=lambda r: r["sim.round_seconds"])["chosen"] = True
         rows.extend(plan)
     return rows
+
+
+def client_splits(cfg: Config, profiles: Sequence[Profile], samples: int,
+                  num_classes: int) -> list[Split]:
+    """Each client's (head_blocks, tail_blocks) under `split.plan` (model/plans.py): the
+    fixed split, its tier's under `by_tier`, or under `fit` its device's plan from
+    `plan_splits` (devices at their tiers' figures, `samples` per client)."""
+    fixed = (cfg.split.head_blocks, cfg.split.tail_blocks)
+    if cfg.split.plan == "by_tier":
+        tiers = parse_tiers(cfg.split.tiers)
+        return [tiers.get(p.tier, fixed) for p in profiles]
+    if cfg.split.plan != "fit":
+        return [fixed] * len(profiles)
+    candidates = parse_splits("split.candidates", cfg.split.candidates)
+    rows = plan_splits(cfg, candidates, samples, num_classes, cfg.split.memory_fraction)
+    chosen: dict[Profile, Split] = {}
+    for i, device in enumerate(fleet_devices(cfg)):
+        plan = rows[i * len(candidates):(i + 1) * len(candidates)]
+        best = [r for r in plan if r["chosen"]]
+        if not best:
+            least = min(r["memory_bytes"] for r in plan)
+            raise ConfigError(
+                f"split.candidates: no candidate fits {cfg.split.memory_fraction:g} of the "
+                f"{device.memory_bytes / 2**20:.0f} MiB of tier {device.tier!r} (the smallest "
+                f"needs {least / 2**20:.0f} MiB); add a smaller split or raise "
+                f"split.memory_fraction")
+        chosen[device] = (best[0]["split.head_blocks"], best[0]["split.tail_blocks"])
+    devices = make_profiles(dataclasses.replace(cfg.profiles, sigma=0.0), cfg.fed.num_clients,
+                            cfg.run.seed)
+    return [chosen[d] for d in devices]

@@ -28,6 +28,7 @@ from sfprompt.platform.config.schema import Config
 from sfprompt.platform.data.datasets import load_dataset, to_model_input
 from sfprompt.platform.loop import backend as local_backend
 from sfprompt.platform.method.server import BodyServer
+from sfprompt.platform.model.plans import plan_splits_of
 from sfprompt.platform.model.build import build_split
 from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, write_clients
@@ -71,10 +72,13 @@ def overrides(tiny, tmp_path) -> list[str]:
 # asks), a token matrix (smashed activations or their gradients), a flag, or a round's
 # keys. Anything else, or an extra argument, fails: a new entry point is added here on
 # purpose. The actor's forget takes a round's keys, the in-process BodyServer's one key.
-COMMON = {"forward": (("key", "key"), ("smashed", "tokens"), ("input_grad", "flag")),
+COMMON = {"forward": (("key", "key"), ("smashed", "tokens"), ("input_grad", "flag"),
+                      ("split", "split")),
           "backward": (("key", "key"), ("grad_out", "tokens")),
           "state_dict": (), "load_state_dict": None}  # None: may not be called at all
+# load_global (a split plan's global state: weights, never data) is not called here.
 ACTOR = {**COMMON, "forget": (("keys", "keys"),), "incarnation": (), "take_busy_seconds": (),
+         "load_global": None,
          "crash_on_next_request": (("armed", "flag"),), "pid": (), "placement": ()}
 LOCAL = {**COMMON, "forget": (("key", "key"),), "take_flops": (("key", "key"),)}
 PIXEL_SHARE = 0.01  # of a token matrix's values that may equal some pixel value by chance
@@ -114,6 +118,8 @@ def check_call(name: str, args: tuple, kwargs: dict, signatures: dict, cfg: Conf
     assert len(args) <= len(params) and set(kwargs) <= {p for p, _ in params[len(args):]}, \
         (name, len(args), sorted(kwargs))
     named = {**{p: a for (p, _), a in zip(params, args)}, **kwargs}
+    if any(kind == "split" for _, kind in params):
+        named.setdefault("split", None)  # a call may leave it at its default
     assert set(named) == {p for p, _ in params}, (name, sorted(named))
     for param, kind in params:
         value, where = named[param], f"{name}({param})"
@@ -121,6 +127,9 @@ def check_call(name: str, args: tuple, kwargs: dict, signatures: dict, cfg: Conf
             named[param] = check_tokens(value, cfg, pixels, where)
         elif kind == "flag":
             assert isinstance(value, bool), (where, value)
+        elif kind == "split":  # the client's split under a plan; none under a fixed one
+            assert value is None if cfg.split.plan == "fixed" else (
+                isinstance(value, tuple) and value in plan_splits_of(cfg.split)), (where, value)
         else:
             keys = value if kind == "keys" else [value]
             assert isinstance(keys, (list, tuple)) and len(keys) <= cfg.fed.clients_per_round
@@ -215,6 +224,7 @@ def test_the_checks_fail_on_planted_leaks(overrides, tmp_path):
     planted = {
         "pixels in the smashed data": ("forward", (0, images), {"input_grad": True}),
         "a label as an extra argument": ("forward", (0, smashed, True, 3), {}),
+        "a label after the split": ("forward", (0, smashed, True, None, 3), {}),
         "labels as a keyword": ("forward", (0, smashed, True), {"labels": torch.zeros(8)}),
         "a label as the key": ("forward", (7, smashed), {"input_grad": True}),
         "a sample's index as the key": ("forward", (1, smashed), {"input_grad": True}),

@@ -35,6 +35,6 @@ def test_cached_flops_equal_counting_every_step(method, split, batch):
     backend = LocalBackend(world)
     cached = _flops_by_client(world, backend)
     assert all(c > 0 for _, c, _ in cached)
-    assert backend.worker.flop_cache  # the cache was used, so the comparison means something
-    backend.worker.flop_cache = backend.server.flops.cache = None
+    assert backend.workers.worker.flop_cache  # the cache was used, so the comparison means something
+    backend.workers.worker.flop_cache = backend.server.flops.cache = None
     assert cached == _flops_by_client(world, backend)
