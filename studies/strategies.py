@@ -10,6 +10,7 @@ project; Optuna's early stopping of trials is always `trial_pruner`.
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import optuna
@@ -24,6 +25,7 @@ SAMPLERS: Registry[type[optuna.samplers.BaseSampler]] = Registry("sampler", {
     "random": optuna.samplers.RandomSampler,
     "gp": optuna.samplers.GPSampler,          # Gaussian process; few, expensive trials
     "qmc": optuna.samplers.QMCSampler,        # quasi-random coverage of the space
+    "bruteforce": optuna.samplers.BruteForceSampler,  # every point of a discrete space once
 })
 
 TRIAL_PRUNERS: Registry[type[optuna.pruners.BasePruner]] = Registry("trial pruner", {
@@ -52,7 +54,9 @@ def check_options(section: str, name: str, registry: Registry[type],
 
 def _build(section: str, name: str, registry: Registry[type], options: dict[str, Any]):
     try:
-        return registry[name](**options)
+        with warnings.catch_warnings():  # a registered name is chosen, experimental or not
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return registry[name](**options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{section}: {name} rejects {options}: {err}") from None
 

@@ -3,7 +3,7 @@
 # one fixed split (0:0, 1:1, 2:2), each tier at its own (by_tier: low phones 0:0, mid
 # phones 1:1, flagships 2:2), and `fit` (each device's fastest split that fits its
 # memory, from 0:0, 1:1, 2:2). Same data, clients and rounds; clients.parquet records
-# each client's split, bytes and simulated time. `sfprompt compare` puts them side by side.
+# each client's split, bytes and simulated time. `sfprompt report` puts them side by side (compare.md).
 #   sh docs/splitplans/run.sh [OUT_DIR] [SEEDS]   (default runs/splitplans "0 1"; ~4 min a run)
 set -e
 out=${1:-runs/splitplans}
@@ -19,4 +19,4 @@ for seed in $seeds; do
     split.tiers=low_phone=0:0,mid_phone=1:1,flagship_phone=2:2
   sfprompt run $common run.seed=$seed run.run_id=fit-seed$seed split.plan=fit
 done
-sfprompt compare "$out"
+sfprompt report "$out"

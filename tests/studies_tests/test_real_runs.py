@@ -1,15 +1,20 @@
 """Studies of real (tiny) runs: in this process, and two at a time on Ray."""
 
+import tomllib
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
 from sfprompt.actors.trials import RayExecutor
-from sfprompt.results.tables import read_rounds
+from sfprompt.platform.model.plans import parse_tiers
+from sfprompt.results.tables import read_clients, read_rounds
 from sfprompt.studies.export import export_study
 from sfprompt.studies.runner import start_study
 from sfprompt.studies.storage import load_study, read_study_spec
 
+ROOT = Path(__file__).resolve().parents[2]
 ONE_ROUND = {"fed.rounds": 1, "data.max_samples": 100}
 SLOW = pytest.mark.slow  # real training: ~10-30 s per trial on a loaded 2-core CPU
 
@@ -28,6 +33,27 @@ def test_a_real_trial_through_the_ray_executor(write_study, tables, tmp_path):
     assert trial.values == [rounds["accuracy"].iloc[-1],
                             (rounds["bytes.up"] + rounds["bytes.down"]).sum()]
     assert rounds["run.threads"].iloc[0] == 1 and rounds["prompt.length"].iloc[0] == 2
+
+
+def test_the_shipped_split_per_tier_study_runs_on_ray(write_study, tables, tmp_path):
+    # studies/examples/split_per_tier.toml as shipped (space, objectives, brute-force
+    # sampler, 2 trials at once on Ray) on the tiny model: every trial's clients hold
+    # the splits its tier plan gives their tiers.
+    shipped = tomllib.loads((ROOT / "studies/examples/split_per_tier.toml").read_text())
+    fixed = {**tables()["fixed"], **shipped["fixed"], "fed.rounds": 1,
+             "data.max_samples": 60, "fed.num_clients": 4, "fed.clients_per_round": 4}
+    path = write_study(**{**shipped, "fixed": fixed, "budget": {"n_trials": 2}})
+    study_dir = start_study(path, tmp_path / "s", make_executor=RayExecutor)
+    trials = load_study(read_study_spec(study_dir), study_dir).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len({t.params["split.tiers"] for t in trials}) == 2  # brute force: no repeat
+    for trial in trials:
+        run_dir = study_dir / "runs" / trial.user_attrs["run_id"]
+        tiers = parse_tiers(trial.params["split.tiers"])
+        clients = read_clients(run_dir)
+        assert [tiers[t] for t in clients["profile.tier"]] == list(zip(
+            clients["split.head_blocks"], clients["split.tail_blocks"]))
+        assert trial.values[2] == read_rounds(run_dir)["sim.elapsed_seconds"].iloc[-1]
 
 
 @SLOW
