@@ -149,9 +149,10 @@ def _drive(study: optuna.Study, spec: StudySpec, study_dir: Path, executor: Exec
     runs_dir = str((study_dir / RUNS_DIR).resolve())
     threads = max(1, int(spec.cpus_per_trial)) if parallel > 1 else 0
     log.info("study %s: %d trials to go", spec.name, _remaining(study, spec, executor))
+    exhausted = False  # the sampler has tried every point (grid and brute-force samplers)
     while True:
         while (executor.has_room() and _remaining(study, spec, executor) > 0
-               and time.monotonic() < deadline):
+               and time.monotonic() < deadline and not exhausted):
             trial = study.ask()
             request = TrialRequest(trial.number, spec.suggest(trial), spec.fixed,
                                    spec.objectives, runs_dir, spec.memory_fraction, threads)
@@ -162,13 +163,23 @@ def _drive(study: optuna.Study, spec: StudySpec, study_dir: Path, executor: Exec
         if not executor.running:
             return
         trial, outcome = executor.next_done()
-        told = _tell(study, trial, outcome)
+        told, done = _tell(study, trial, outcome)
+        exhausted = exhausted or done
         on_trial(told, _counted(study), spec.n_trials)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:
+def _tell(study: optuna.Study, trial: optuna.Trial,
+          outcome: TrialOutcome) -> tuple[FrozenTrial, bool]:
+    """The told trial, and whether the sampler has now tried its whole space."""
     for key, value in outcome.attrs.items():
         trial.set_user_attr(key, value)
-    if outcome.state == "complete":
-        return study.tell(trial, outcome.values)
-    return study.tell(trial, state=_STATES[outcome.state])
+    try:
+        if outcome.state == "complete":
+            return study.tell(trial, outcome.values), False
+        return study.tell(trial, state=_STATES[outcome.state]), False
+    except RuntimeError as err:
+        # A sampler with a finite space asks the study to stop once it has tried it all,
+        # which Optuna allows only inside `optimize`; the trial is stored before that.
+        if not str(err).startswith("`Study.stop`"):
+            raise
+        return study.get_trials(deepcopy=False)[trial.number], True

@@ -235,3 +235,15 @@ def test_each_ended_trial_reports_the_trials_done_of_the_budget(tmp_path, fake_r
     spec.write_text(spec.read_text().replace("n_trials = 3", "n_trials = 4"))
     assert main(["study", "resume", str(tmp_path / "s")]) == 0
     assert "[4/4] trial    3 complete" in capsys.readouterr().out
+
+
+def test_a_brute_force_study_stops_when_it_has_tried_every_point(fake_runs, write_study,
+                                                                tmp_path):
+    # The sampler asks the study to stop once its space is exhausted (Optuna allows that
+    # only inside `optimize`): the study ends there, each point tried once, nothing lost.
+    path = write_study(space={"prompt.length": {"choices": [0, 4, 8]}},
+                       budget={"n_trials": 5}, sampler={"name": "bruteforce", "seed": 0})
+    study_dir = start_study(path, tmp_path / "s")
+    trials = load_study(read_study_spec(study_dir), study_dir).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert sorted(t.params["prompt.length"] for t in trials) == [0, 4, 8]
