@@ -60,3 +60,23 @@ def test_a_split_too_big_for_the_smallest_client_is_infeasible(tmp_path):
 
 def test_the_default_fleet_holds_the_default_split():
     check_memory(Config(), 1.0)
+
+
+def test_under_a_tier_plan_each_client_is_checked_at_its_own_split(tmp_path):
+    # A small device and a large one, labelled by tier in the trace; the small one holds
+    # the thin split but not 2:2, so 2:2 is feasible given only to the large tier.
+    def need(head, tail):
+        return sum(client_memory_bytes(replace(Config(), **TINY, **{
+            "split.head_blocks": head, "split.tail_blocks": tail})).values())
+    thin, thick = need(0, 0), need(2, 2)
+    trace = tmp_path / "fleet.csv"
+    pd.DataFrame([dict(tier=tier, flops_per_s=1e10, uplink_bps=1e7, downlink_bps=1e7,
+                       latency_s=0.01, jitter_s=0.0, availability=1.0, memory_bytes=m)
+                  for tier, m in (("big", 2**34), ("small", (thin + thick) // 2))]
+                 ).to_csv(trace, index=False)
+    base = {**TINY, "fed.num_clients": 2, "fed.clients_per_round": 2,
+            "profiles.source": "trace", "profiles.trace": str(trace),
+            "split.head_blocks": 0, "split.tail_blocks": 0, "split.plan": "by_tier"}
+    check_memory(replace(Config(), **base, **{"split.tiers": "big=2:2"}), 1.0)
+    with pytest.raises(Infeasible, match=r"the split 2:2 needs .* client 1 \(small\)"):
+        check_memory(replace(Config(), **base, **{"split.tiers": "big=2:2,small=2:2"}), 1.0)
