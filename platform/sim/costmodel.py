@@ -63,8 +63,10 @@ def client_cost(cfg: Config, samples: int, num_classes: int = 10,
     `first_visit` adds the one-off frozen_download; a later visit under `prune.once`
     trains on the subset its first visit kept, without scoring. Losses come back nan."""
     # Shapes only: no weights are read. (dataclasses.replace: `cfg` is valid already,
-    # and validating again would build the model once more.)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="random"))
+    # and validating again would build the model once more.) One client at the split
+    # `split.head_blocks:split.tail_blocks`, whatever `split.plan` gives others.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="random"),
+                              split=dataclasses.replace(cfg.split, plan="fixed"))
     with torch.device("meta"):
         split, norm = build_split(cfg, num_classes)
     size = cfg.model.img_size

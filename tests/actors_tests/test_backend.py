@@ -279,16 +279,17 @@ def test_ray_backend_needs_the_factory_from_actors(tmp_path, tiny):
     assert not any(tmp_path.iterdir())  # refused before a run directory exists
 
 
-@pytest.mark.parametrize("body", ["server", "clients"])
-def test_split_plans_equal_the_local_reference(ray_instance, tiny, rounds_both_ways, body):
-    # Each client at its tier's split: the actors cut the same model per split, and the
-    # server actor (or the body in the client actors) runs each client's body at the
-    # round's aggregated blocks.
+@pytest.mark.parametrize("body, plan", [
+    ("server", ["split.plan=by_tier", "split.tiers=low_phone=0:0,flagship_phone=2:2"]),
+    ("clients", ["split.plan=fit", "split.candidates=1:0,0:2"])])
+def test_split_plans_equal_the_local_reference(ray_instance, tiny, rounds_both_ways, body,
+                                               plan):
+    # Each client at its tier's (or its device's fitted) split: the actors cut the same
+    # model per split, and the server actor (or the body in the client actors) runs
+    # each client's body at the round's aggregated blocks.
     cfg = load_config(None, tiny + ["run.threads=1", f"ray.body={body}",
                                     "profiles.source=mix",
-                                    "profiles.mix=low_phone:0.5,flagship_phone:0.5",
-                                    "split.plan=by_tier",
-                                    "split.tiers=low_phone=0:0,flagship_phone=2:2"])
+                                    "profiles.mix=low_phone:0.5,flagship_phone:0.5", *plan])
     local, remote, backend = rounds_both_ways(cfg)
     pd.testing.assert_frame_equal(remote.drop(columns="wall_seconds"),
                                   local.drop(columns="wall_seconds"), check_exact=True)

@@ -70,11 +70,20 @@ def test_names_move_between_a_client_and_the_reference_by_hand():
     assert parse_tiers("low_phone=0:0,laptop=3:2") == {"low_phone": (0, 0), "laptop": (3, 2)}
     split = load_config(None, MIXED + ["split.head_blocks=1", "split.tail_blocks=1"]).split
     assert reference_split(split) == (0, 2)
-    for bad in ("1", "a:b", "1:2:3", ""):
-        with pytest.raises(ConfigError, match="split.candidates"):
+    fit = load_config(None, ["split.plan=fit", "split.candidates=1:0,2:2,0:1"]).split
+    assert reference_split(fit) == (0, 2)  # the candidates', not the fixed 1:1
+    for bad in ("1", "a:b", "1:2:3"):
+        with pytest.raises(ConfigError, match=rf"^split.candidates: '{bad}' is not head:tail "
+                                              r"\(two integers >= 0\)$"):
             parse_splits("split.candidates", bad)
-    with pytest.raises(ConfigError, match="split.tiers: 'low_phone' is not tier=head:tail"):
-        parse_tiers("low_phone")
+    with pytest.raises(ConfigError, match=r"^split.candidates: needs at least one head:tail "
+                                          r"split, got ' , '$"):
+        parse_splits("split.candidates", " , ")
+    for bad, says in (("low_phone", "'low_phone' is not tier=head:tail"),
+                      ("low_phone=1", "'1' is not head:tail \\(two integers >= 0\\)"),
+                      ("a=0:0,a=1:1", "tier 'a' is given twice")):
+        with pytest.raises(ConfigError, match=f"^split.tiers: {says}$"):
+            parse_tiers(bad)
 
 
 def test_entries_held_by_some_clients_are_averaged_over_those_alone():
