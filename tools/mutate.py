@@ -45,7 +45,7 @@ MODULES = {
     "link": ("platform/wire/link.py", [f"{T}/test_accounting.py"]),
     "pruning": ("platform/method/pruning.py", [f"{T}/test_core_truths.py",
                                                f"{T}/test_pruning_aggregation.py"]),
-    "split": ("platform/model/split.py", [f"{T}/test_split.py"]),
+    "split": ("platform/model/split.py", [f"{T}/test_split.py", f"{T}/test_plans.py"]),
     "plans": ("platform/model/plans.py", [f"{T}/test_plans.py"]),
     "steps": ("platform/method/steps.py", [f"{T}/test_steps.py"]),
     "sfprompt": ("platform/method/sfprompt.py", [f"{T}/test_methods.py",
