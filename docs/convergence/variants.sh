@@ -1,0 +1,48 @@
+#!/bin/sh
+# SFPrompt's parts at convergence (issue 16): the default and one change each, in the
+# setting of config.toml (20 rounds, 800 training digits, 10 clients, Dirichlet 0.5).
+# A run already completed in OUT_DIR is kept; one cut off resumes where it stopped.
+# Each completed run's tables (no checkpoint) are kept in docs/convergence/variants/,
+# where `sfprompt report` makes each change a variant row (its compare.md).
+#   sh docs/convergence/variants.sh [OUT_DIR] [SEEDS] [VARIANTS]
+#   (defaults runs/variants, "0 1 2", all of them; several minutes a run)
+set -e
+out=${1:-runs/variants}
+seeds=${2:-0 1 2}
+variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts}
+overrides() {
+  case $1 in
+    default) echo "" ;;
+    thin) echo "split.head_blocks=0 split.tail_blocks=0" ;;      # the paper's thin client
+    no_pruning) echo "prune.keep=1" ;;
+    no_local_loss) echo "train.local_epochs=0" ;;
+    neither) echo "prune.keep=1 train.local_epochs=0" ;;
+    frozen) echo "train.local_classifier=frozen" ;;
+    separate) echo "train.local_classifier=separate" ;;
+    no_prompts) echo "prompt.length=0" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+for seed in $seeds; do
+  for v in $variants; do
+    set -- $(overrides "$v")
+    dir="$out/$v-seed$seed"
+    [ -f "docs/convergence/variants/$v-seed$seed/run.json" ] && continue  # kept: done
+    status=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" \
+      "$dir/run.json" 2>/dev/null || true)
+    case $status in
+      completed) ;;
+      "") sfprompt run --config docs/convergence/config.toml train.method=sfprompt \
+            run.seed="$seed" run.out_dir="$out" run.run_id="$v-seed$seed" "$@" ;;
+      *) sfprompt resume "$dir" ;;
+    esac
+  done
+done
+kept=docs/convergence/variants
+for dir in "$out"/*/; do
+  id=$(basename "$dir")
+  grep -q '"status": "completed"' "$dir/run.json" 2>/dev/null || continue
+  mkdir -p "$kept/$id"
+  cp "$dir/run.json" "$dir/config.toml" "$dir/rounds.parquet" "$dir/clients.parquet" "$kept/$id/"
+done
+sfprompt report "$kept" --target 0.6
