@@ -8,6 +8,9 @@ Each run is reduced to one row of metrics (`run_metrics`), and the runs of a var
 mean and standard deviation over seeds (`summarise`):
 
     accuracy.final / .best       last round's and best round's test accuracy
+    accuracy.change              final accuracy minus that of the last round evaluated
+                                 CHANGE_ROUNDS rounds or more before it: whether the run
+                                 has stopped moving (NaN in a run that short)
     rounds.to_target             first round at or above the target accuracy (mean
                                  over the seeds that reach it; `target.reached` counts them)
     bytes.to_target, sim.to_target  cumulative bytes (all kinds) and simulated seconds then
@@ -47,6 +50,7 @@ TARGET_FRACTION = 0.8  # default target: this fraction of the best accuracy of a
 RATIO_METRICS = ("flops.client.round", "flops.client.total", "bytes.round", "bytes.total",
                  "flops.client.to_target", "bytes.to_target")
 MB, GFLOP = 1e6, 1e9
+CHANGE_ROUNDS = 5  # "converged": accuracy moved under half a point over this many rounds
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +125,12 @@ def run_metrics(run: pd.DataFrame, target: float) -> dict:
     reached = np.flatnonzero(run["accuracy"].to_numpy() >= target)
     first = int(reached[0]) if len(reached) else None
     at = (lambda series: float(series.iloc[first])) if first is not None else (lambda s: math.nan)
+    final_round = int(run["round"].iloc[-1])
+    earlier = run[(run["round"] <= final_round - CHANGE_ROUNDS) & run["accuracy"].notna()]
     out = {"accuracy.final": float(run["accuracy"].iloc[-1]),
            "accuracy.best": float(run["accuracy"].max()),
+           "accuracy.change": (float(run["accuracy"].iloc[-1] - earlier["accuracy"].iloc[-1])
+                               if len(earlier) else math.nan),
            "target.reached": first is not None,
            "rounds.to_target": at(run["round"]),
            "bytes.to_target": at(total.cumsum()),
@@ -169,10 +177,10 @@ def summarise(rounds: pd.DataFrame, target: float | None = None,
     return table
 
 
-def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
+def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 3, sign: bool = False) -> str:
     if math.isnan(mean):
         return "-"
-    text = f"{mean / scale:.{digits}f}"
+    text = f"{mean / scale:{'+' if sign else ''}.{digits}f}"
     return text if math.isnan(std) else f"{text} ± {std / scale:.{digits}f}"
 
 
@@ -184,7 +192,8 @@ def _ratio(row: pd.Series, metric: str) -> str:
 def headline(table: pd.DataFrame) -> pd.DataFrame:
     """The table a person reads: the headline columns as text, scaled to MB and GFLOP
     (compare.md and the HTML report)."""
-    header = ["method", "runs", "final acc", "best acc", "rounds to target", "MB to target",
+    header = ["method", "runs", "final acc", "best acc",
+              f"change over last {CHANGE_ROUNDS} rounds", "rounds to target", "MB to target",
               "client GFLOP to target", "at target vs fl (FLOPs, traffic)",
               "client GFLOP/round", "client GFLOP total", "client FLOPs vs fl", "MB/round",
               "MB total", "traffic vs fl", "one-off MB", "sim s"]
@@ -193,6 +202,7 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
         def m(metric: str, scale: float = 1.0, digits: int = 3, r=r) -> str:
             return _pm(r[f"{metric}.mean"], r[f"{metric}.std"], scale, digits)
         cells = [r["method"], str(r["runs"]), m("accuracy.final"), m("accuracy.best"),
+                 _pm(r["accuracy.change.mean"], r["accuracy.change.std"], sign=True),
                  f"{m('rounds.to_target', digits=1)} ({r['target.reached']}/{r['runs']})",
                  m("bytes.to_target", MB, 1), m("flops.client.to_target", GFLOP, 1),
                  f"{_ratio(r, 'flops.client.to_target')}, {_ratio(r, 'bytes.to_target')}",

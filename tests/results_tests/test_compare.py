@@ -59,9 +59,23 @@ def test_table_by_hand():
     assert sf["flops.client.total_vs_fl"] == pytest.approx(0.01)
     assert fl["bytes.total_vs_fl"] == 1.0
     md = to_markdown(summarise(SYNTHETIC, target=0.5, order=["fl", "sfprompt"]))
-    assert "| sfprompt | 2 | 0.400 ± 0.141 | 0.400 ± 0.141 | 3.0 (1/2) |" in md
+    assert "| sfprompt | 2 | 0.400 ± 0.141 | 0.400 ± 0.141 | - | 3.0 (1/2) |" in md
     assert "0.2667x" in md and md.startswith("Target accuracy 0.5000")
     assert "| 0.015x, 0.4x |" in md
+
+
+def test_change_over_the_last_rounds_by_hand():
+    # Seed 0: 8 rounds, round 3 the last one evaluated 5 rounds before round 8 (rounds 2
+    # and 4 not evaluated): 0.61 - 0.50. Seed 1: 6 rounds, round 1 is 5 before: 0.58 - 0.20.
+    nan = math.nan
+    rows = (_rounds("fl", 0, [0.1, nan, 0.5, nan, 0.55, 0.6, 0.6, 0.61], 1, 1, 1)
+            + _rounds("fl", 1, [0.2, 0.3, 0.4, 0.5, 0.55, 0.58], 1, 1, 1)
+            + _rounds("fl_prompt", 0, [0.1, 0.2, 0.3, 0.4, 0.5], 1, 1, 1))
+    table = summarise(pd.DataFrame(rows), target=0.5).set_index("method")
+    assert table.loc["fl", "accuracy.change.mean"] == pytest.approx((0.11 + 0.38) / 2)
+    assert math.isnan(table.loc["fl_prompt", "accuracy.change.mean"])  # too short to tell
+    md = to_markdown(table.reset_index())
+    assert "change over last 5 rounds" in md and "| +0.245 ± 0.191 |" in md
 
 
 def test_default_target_is_a_fraction_of_the_best_run():
