@@ -89,10 +89,12 @@ def mutate(name: str, work: Path) -> dict:
                     "--tests-dir", "tests", "--no-progress", "--simple-output"],
                    cwd=work, env=env, capture_output=True, text=True)
     counts = _counts(work)
-    survivors = counts.get("survived", []) + counts.get("suspicious", [])
+    survivors = counts.get("survived", [])
     shown = [subprocess.run([PY, "-m", "mutmut", "show", str(i)], cwd=work,
                             capture_output=True, text=True).stdout for i in survivors]
-    killed = len(counts.get("killed", [])) + len(counts.get("timeout", []))
+    # "suspicious" is mutmut's killed-but-slow (tests failed, in over twice the baseline
+    # time), which a busy host makes common: killed all the same.
+    killed = sum(len(counts.get(s, [])) for s in ("killed", "timeout", "suspicious"))
     total = killed + len(survivors)
     return {"module": path, "mutants": total, "killed": killed, "survived": len(survivors),
             "score": killed / total if total else float("nan"), "shown": shown,
