@@ -201,7 +201,6 @@ CONFIG_CASES = [
     overrides("prune.per_class=maybe"),
     overrides("train.local_classifier=separately"),
     overrides("train.local_lr_scale=-1"),
-    overrides("train.local_classifier=separate", "train.method=fl"),
     overrides("data.test_fraction=1"),
     overrides("fed.num_clients=-3"),
     overrides("fed.rounds=-1"),

@@ -1,6 +1,8 @@
 #!/bin/sh
 # SFPrompt's parts at convergence (issue 16): the default and one change each, in the
 # setting of config.toml (20 rounds, 800 training digits, 10 clients, Dirichlet 0.5).
+# Every variant changes the default of before 2026-12-03, train.local_classifier =
+# "shared" (what the kept runs ran; `separate` is today's default).
 # A run already completed in OUT_DIR is kept; one cut off resumes where it stopped.
 # Each completed run's tables (no checkpoint) are kept in docs/convergence/variants/,
 # where `sfprompt report` makes each change a variant row (its compare.md).
@@ -33,7 +35,8 @@ for seed in $seeds; do
     case $status in
       completed) ;;
       "") sfprompt run --config docs/convergence/config.toml train.method=sfprompt \
-            run.seed="$seed" run.out_dir="$out" run.run_id="$v-seed$seed" "$@" ;;
+            run.seed="$seed" run.out_dir="$out" run.run_id="$v-seed$seed" \
+            train.local_classifier=shared "$@" ;;
       *) sfprompt resume "$dir" ;;
     esac
   done

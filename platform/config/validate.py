@@ -113,9 +113,6 @@ def validate(cfg: Config) -> None:
     _validate_plan(cfg, depth, METHODS[cfg.train.method])
     _validate_clock(cfg)
     _validate_faults(cfg)
-    _check(cfg.train.local_classifier != "separate" or METHODS[cfg.train.method].local_path,
-           "train.local_classifier", f"'separate' needs a method with a local path (sfprompt); "
-           f"train.method = {cfg.train.method!r} has none")
     _validate_body(cfg, METHODS[cfg.train.method])
     _check(not cfg.log.tensorboard or importlib.util.find_spec("tensorboard") is not None,
            "log.tensorboard", "needs the tensorboard package: pip install 'sfprompt[tensorboard]'")

@@ -47,7 +47,10 @@ def method_split(cfg: Config, vit: VisionTransformer) -> SplitModel:
     if cfg.model.probe_norm:
         add_probe_norm(vit)
     head_blocks, tail_blocks = reference_split(cfg.split)  # the fixed split, unless planned
+    method = METHODS[cfg.train.method]
+    # A method without a local path has no local-loss update, so no local classifier.
+    separate = cfg.train.local_classifier == "separate" and method.local_path
     split = split_vit(vit, head_blocks, tail_blocks, prompt_length(cfg),
-                      cfg.split.local_pool, cfg.train.local_classifier == "separate")
-    set_trainable(split, METHODS[cfg.train.method])
+                      cfg.split.local_pool, separate)
+    set_trainable(split, method)
     return split

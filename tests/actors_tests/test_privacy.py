@@ -64,8 +64,12 @@ def recording(cls: type) -> type:
 
 @pytest.fixture
 def overrides(tiny, tmp_path) -> list[str]:
+    # The classifier starts at zero, so the first split step's gradients are exactly 0,
+    # which no check can tell from black pixels; a shared classifier has been trained by
+    # the local-loss epoch before any gradient reaches the server.
     return tiny + [f"train.batch_size={BATCH}", f"prompt.length={PROMPTS}",
-                   "train.method=sfprompt", "run.threads=1", f"run.out_dir={tmp_path}"]
+                   "train.method=sfprompt", "train.local_classifier=shared", "run.threads=1",
+                   f"run.out_dir={tmp_path}"]
 
 
 # What each server entry point may receive, parameter by parameter: a client's key (who

@@ -62,6 +62,7 @@ def test_vit_base_at_224_by_hand():
     block = 12 * d * d + 13 * d  # qkv, proj, fc1, fc2 weights and biases, two norms
     trainable = 10 * d + block + 2 * d + (d * 10 + 10)  # prompts, tail block, norm, classifier
     trainable += 2 * d  # the probe norm's running mean and variance travel with them
+    trainable += (d * 10 + 10) + 2 * d  # the local path's own classifier and probe norm
     assert table["bytes.download"] == table["bytes.upload"] == trainable * 4
 
 

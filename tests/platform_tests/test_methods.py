@@ -61,6 +61,9 @@ def test_trainable_set_and_placement(method):
     assert {n for n, p in client.items() if p.requires_grad} == {n for n in client if want["trains"](n)}
     assert all(p.requires_grad == want["body_trains"] for p in split.body.parameters())
     assert prompt_length(_cfg(method)) == (2 if want["prompts"] else 0)
+    # The default local classifier is separate; a method without a local path has none.
+    assert _cfg(method).train.local_classifier == "separate"
+    assert any(".local_classifier." in n for n in client) == METHODS[method].local_path
 
 
 def _worker_and_task(method, seed=0, n=10):
@@ -175,8 +178,10 @@ def test_optimizer_has_one_learning_rate_per_kind_of_parameter(name, kind):
     names = {id(p): n for n, p in split.client().named_parameters()}
     groups = {g["lr"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
     assert groups[0.3] == {"head.prompts"}
-    assert groups[0.2] == {"tail.classifier.linear.weight", "tail.classifier.linear.bias"}
-    assert groups[0.1] and all(n.startswith("tail.") and not n.startswith("tail.classifier.")
+    # The local path's own classifier (the default, separate) learns at the classifier's rate.
+    assert groups[0.2] == {f"tail.{c}.linear.{p}" for c in ("classifier", "local_classifier")
+                           for p in ("weight", "bias")}
+    assert groups[0.1] and all(n.startswith("tail.") and "classifier." not in n
                                for n in groups[0.1])
     if name == "sgd":
         assert all(g["momentum"] == 0.5 for g in optimizer.param_groups)
