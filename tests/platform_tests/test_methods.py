@@ -2,6 +2,9 @@
 and the equivalences that follow from the maths (SplitFed = FedAvg for one client;
 centralized = federated VPT for one client holding everything, minus the traffic)."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -202,6 +205,20 @@ def test_sfprompt_takes_its_pruning_and_local_loss_options_from_the_config():
                                  "train.local_classifier=frozen"), worker, task, state, server)
     assert torch.equal(result.state["tail.classifier.weight"], state["tail.classifier.weight"])
     assert not torch.equal(result.state["head.prompts"], state["head.prompts"])
+
+
+def test_no_local_loss_epoch_reports_nan_and_no_pruning_keeps_no_subset():
+    # mutation survivors of sfprompt.py: a local loss of None, a kept subset stored
+    # (and checkpointed) when nothing is pruned, or a stored subset used then.
+    _, worker, task, server = _worker_and_task("sfprompt", n=12)
+    state = {k: v.clone() for k, v in worker.state().items()}
+    result = sfprompt_round(_cfg("sfprompt", "train.local_epochs=0", "prune.once=true",
+                                 "prune.keep=1"), worker, task, state, server)
+    assert math.isnan(result.local_loss) and math.isfinite(result.train_loss)
+    assert result.kept is None and result.num_kept == 12
+    stored = dataclasses.replace(task, kept=task.indices[:3])  # unused at keep 1
+    assert sfprompt_round(_cfg("sfprompt", "prune.keep=1"), worker, stored, state,
+                          server).num_kept == 12
 
 
 def test_a_separate_local_classifier_reads_out_the_local_path_only():
