@@ -125,12 +125,13 @@ def run_metrics(run: pd.DataFrame, target: float) -> dict:
     reached = np.flatnonzero(run["accuracy"].to_numpy() >= target)
     first = int(reached[0]) if len(reached) else None
     at = (lambda series: float(series.iloc[first])) if first is not None else (lambda s: math.nan)
-    final_round = int(run["round"].iloc[-1])
-    earlier = run[(run["round"] <= final_round - CHANGE_ROUNDS) & run["accuracy"].notna()]
-    out = {"accuracy.final": float(run["accuracy"].iloc[-1]),
+    final = float(run["accuracy"].iloc[-1])
+    earlier = run[(run["round"] <= run["round"].iloc[-1] - CHANGE_ROUNDS)
+                  & run["accuracy"].notna()]
+    out = {"accuracy.final": final,
            "accuracy.best": float(run["accuracy"].max()),
-           "accuracy.change": (float(run["accuracy"].iloc[-1] - earlier["accuracy"].iloc[-1])
-                               if len(earlier) else math.nan),
+           "accuracy.change": final - float(earlier["accuracy"].iloc[-1]) if len(earlier)
+                              else math.nan,
            "target.reached": first is not None,
            "rounds.to_target": at(run["round"]),
            "bytes.to_target": at(total.cumsum()),
@@ -199,10 +200,10 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
               "MB total", "traffic vs fl", "one-off MB", "sim s"]
     rows = []
     for _, r in table.iterrows():
-        def m(metric: str, scale: float = 1.0, digits: int = 3, r=r) -> str:
-            return _pm(r[f"{metric}.mean"], r[f"{metric}.std"], scale, digits)
+        def m(metric: str, scale: float = 1.0, digits: int = 3, sign: bool = False, r=r) -> str:
+            return _pm(r[f"{metric}.mean"], r[f"{metric}.std"], scale, digits, sign)
         cells = [r["method"], str(r["runs"]), m("accuracy.final"), m("accuracy.best"),
-                 _pm(r["accuracy.change.mean"], r["accuracy.change.std"], sign=True),
+                 m("accuracy.change", sign=True),
                  f"{m('rounds.to_target', digits=1)} ({r['target.reached']}/{r['runs']})",
                  m("bytes.to_target", MB, 1), m("flops.client.to_target", GFLOP, 1),
                  f"{_ratio(r, 'flops.client.to_target')}, {_ratio(r, 'bytes.to_target')}",
