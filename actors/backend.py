@@ -1,10 +1,11 @@
 """The Ray backend: the coordinator's round loop over a server actor and client actors.
 
-    coordinator (this process)  run_rounds: sampling, profiles, clock, aggregation, evaluation
+    coordinator (this process)  run_rounds: sampling, profiles, clock, aggregation
     ServerActor x 0..1          the body (on a GPU when there is one); every split request
                                 (none for methods that keep the whole model on the client,
                                 nor when each client actor holds the frozen body: ray.body)
-    ClientActor x N             any simulated client's round; N from the cluster's CPUs
+    ClientActor x N             any simulated client's round; N from the cluster's CPUs;
+                                the first also evaluates, when it holds the whole model
     EvaluationActor x 0..1      round r's global model while round r+1 trains (eval.worker)
 
 Evaluation runs the reference's own `Evaluator`, where `eval.worker` says: off the
@@ -12,8 +13,12 @@ round's critical path (run_rounds trains the next round meanwhile and yields a r
 when its evaluation is back) on a thread of the coordinator ("thread": the coordinator
 only waits on actors while a round trains, and it already holds the model) or on the
 evaluation actor ("actor": a process of its own, which Ray restarts when it dies), or
-in the coordinator between rounds ("inline"). When the method trains the body, the
-server's body is copied back after every round's clients and goes with the request.
+between rounds ("inline"): on the first client actor when it holds the whole model
+(the body in the client actors, or a method without a server) with the coordinator's
+thread count, else in the coordinator. The first way, the coordinator drops its body,
+which nothing then runs there (a model's worth of memory). When the method trains the
+body, the server's body is copied back after every round's clients and goes with the
+request.
 
 Determinism: every process builds the model from the same seed, every client's work
 depends only on its task (seeded) and the global state, and every process runs torch
@@ -37,6 +42,8 @@ beyond its restarts, every client actor dying) stops with a one-line error.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import time
@@ -58,6 +65,7 @@ from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
 from sfprompt.platform.loop.world import World
 from sfprompt.platform.method.client import ClientResult, ClientTask, State
 from sfprompt.platform.method.registry import METHODS
+from sfprompt.platform.model.split import SplitModel
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +83,7 @@ class RayBackend:
         cfg = world.cfg
         self.cfg, self.world = cfg, world
         self.method = METHODS[cfg.train.method]
-        # The coordinator's model, untouched by the round (the actors train): evaluation
-        # with eval.worker = thread or inline uses it, one evaluation at a time.
-        self._evaluate = Evaluator(cfg, world.split, world.data.test_images,
-                                   world.data.test_labels, world.norm)
-        self._evaluations = (ThreadPoolExecutor(1, thread_name_prefix="sfprompt-eval")
-                             if cfg.eval.worker == "thread" else None)
+        self._evaluate = self._evaluations = None
         self.seconds: Counter[str] = Counter()  # wall time by where it went, summed over rounds
         self.server = self.pool = self.evaluator = None
         self._owns_ray = connect(cfg.ray)
@@ -100,6 +103,18 @@ class RayBackend:
             size, cpus, threads = client_pool(cfg, self.method,
                                               ray.available_resources().get("CPU", 0.0),
                                               torch.get_num_threads())
+            # eval.worker = inline: on a client actor when it holds the whole model and
+            # computes with this process's threads (the same floats); it waits between
+            # rounds anyway, and the coordinator then needs no model of its own.
+            on_pool = (cfg.eval.worker == "inline" and threads == torch.get_num_threads()
+                       and (body == "clients" or self.method.client_body))
+            if not on_pool and cfg.eval.worker != "actor":
+                # The coordinator's model, untouched by the round (the actors train), one
+                # evaluation at a time.
+                self._evaluate = Evaluator(cfg, world.split, world.data.test_images,
+                                           world.data.test_labels, world.norm)
+            if cfg.eval.worker == "thread":
+                self._evaluations = ThreadPoolExecutor(1, thread_name_prefix="sfprompt-eval")
             if body == "server":
                 self.server = (ray.remote(ServerActor)
                                .options(max_concurrency=size + 2, max_restarts=SERVER_RESTARTS,
@@ -110,7 +125,11 @@ class RayBackend:
             self.pool = ClientPool(cfg, world.data.train_images.numpy(),
                                    world.data.train_labels.numpy(), world.data.num_classes,
                                    world.norm, self.server, size, cpus, threads,
-                                   body_in_clients=body == "clients")
+                                   body_in_clients=body == "clients",
+                                   test=(world.data.test_images.numpy(),
+                                         world.data.test_labels.numpy()) if on_pool else None)
+            if on_pool and not self.method.client_body:
+                release_body(world.split)  # nothing runs it here now
             if self.server is not None:
                 self.server_placement = get_within(self.server.placement.remote(),
                                                    cfg.ray.timeout_s, "starting the server actor")
@@ -252,6 +271,10 @@ class RayBackend:
             ref = self.evaluator.evaluate.remote(state_to_wire(global_state),
                                                  None if body is None else state_to_wire(body))
             return lambda: self._evaluation(ref)
+        if self._evaluate is None:  # on the first client actor, in turn with its clients
+            result = self._evaluation(self.pool.actors[0].evaluate.remote(
+                state_to_wire(global_state)))
+            return lambda: result
         if self._evaluations is not None:
             return self._evaluations.submit(self._evaluate, global_state, body).result
         result = self._evaluate(global_state, body)
@@ -261,6 +284,8 @@ class RayBackend:
         try:
             return get_within(ref, self.cfg.ray.timeout_s, "evaluating the global model")
         except RayActorError:
+            if self.evaluator is None:
+                raise SfpromptError("the client actor evaluating the global model died") from None
             raise SfpromptError(f"the evaluation actor died and was not restarted (it "
                                 f"restarts at most {SERVER_RESTARTS} times)") from None
 
@@ -304,6 +329,17 @@ class RayBackend:
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
+
+
+def release_body(split: SplitModel) -> None:
+    """Drop `split`'s body and hand its memory back to the system: glibc keeps freed
+    heap memory for reuse, and a model's weights freed late sit below live data."""
+    split.body = None
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, not returned
+        pass
 
 
 def make_backend(world: World) -> Backend:

@@ -40,6 +40,7 @@ from sfprompt.actors.wire import from_wire, state_from_wire, state_to_wire, to_w
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.errors import SfpromptError
 from sfprompt.platform.loop.backend import client_done
+from sfprompt.platform.loop.evaluation import Evaluator
 from sfprompt.platform.method.client import ClientResult, ClientTask, ClientWorker, State
 from sfprompt.platform.method.planned import PlannedWorkers
 from sfprompt.platform.method.registry import METHODS
@@ -114,7 +115,8 @@ class ClientActor:
 
     def __init__(self, cfg: Config, num_classes: int, norm: dict, images: np.ndarray,
                  labels: np.ndarray, server: ActorHandle | None, threads: int,
-                 body_in_clients: bool = False) -> None:
+                 body_in_clients: bool = False,
+                 test: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         torch.set_num_threads(threads)  # the count cluster.actor_threads chose
         self.cfg = cfg
         self.method = METHODS[cfg.train.method]
@@ -123,7 +125,7 @@ class ClientActor:
         # frozen body built as the server actor would build it (server.py).
         self.body = (BodyServer(split.body, precision=cfg.run.precision, split=split)
                      if body_in_clients else None)
-        if not self.method.client_body and split.vit is None:
+        if self.body is None and not self.method.client_body and split.vit is None:
             # It lives on the server; dropping it frees its weights here (a split plan
             # keeps them: every cut is made from the whole model, model/plans.py).
             split.body = None
@@ -131,7 +133,12 @@ class ClientActor:
             # Object-store arrays are read-only; batches are copies, nothing writes them.
             warnings.simplefilter("ignore", UserWarning)
             images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
+            test_t = None if test is None else [torch.from_numpy(a) for a in test]
         self.workers = PlannedWorkers(ClientWorker(split, images_t, labels_t, **norm))
+        # With the test set (backend.py: eval.worker = inline), this actor also evaluates
+        # the global model between rounds, on the same model parts as its clients: every
+        # client round loads its global state first, so evaluation changes none.
+        self.evaluator = None if test_t is None else Evaluator(cfg, split, *test_t, norm)
         # Methods that do not split get no server (and never call one).
         self.server = ServerProxy(server, cfg.ray.timeout_s) if server is not None else None
 
@@ -157,6 +164,9 @@ class ClientActor:
         result.state = state_to_wire(result.state)
         return result, seconds
 
+    def evaluate(self, global_state: State) -> tuple[float, float]:
+        return self.evaluator(state_from_wire(global_state))
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -180,13 +190,14 @@ class ClientPool:
 
     def __init__(self, cfg: Config, images: np.ndarray, labels: np.ndarray, num_classes: int,
                  norm: dict, server: ActorHandle | None, size: int, cpus: float,
-                 threads: int, body_in_clients: bool = False) -> None:
+                 threads: int, body_in_clients: bool = False,
+                 test: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.timeout_s = cfg.ray.timeout_s
         images_ref, labels_ref = ray.put(images), ray.put(labels)  # once, shared by all
         self._remote = ray.remote(ClientActor).options(num_cpus=cpus,
                                                        scheduling_strategy="SPREAD")
         self._args = (cfg, num_classes, norm, images_ref, labels_ref, server, threads,
-                      body_in_clients)
+                      body_in_clients, None if test is None else ray.put(tuple(test)))
         self.actors = [self._remote.remote(*self._args) for _ in range(size)]
         self.replaced = 0  # actors replaced after their process died
 

@@ -249,7 +249,9 @@ class EvalConfig:
     # Evaluate on a fixed stratified subset of this many test samples, drawn once from
     # run.seed (0 = the whole test set).
     max_samples: int = 0
-    # Where the ray backend evaluates: "inline" (in the coordinator, between rounds),
+    # Where the ray backend evaluates: "inline" (between rounds, on the first client
+    # actor when it holds the whole model at the coordinator's thread count, else in the
+    # coordinator),
     # "thread" (in the coordinator, on a thread of its own, while the next round trains)
     # or "actor" (on an evaluation actor, a process of its own, while the next round
     # trains). Overlapping pays only where the evaluation has cores the training leaves

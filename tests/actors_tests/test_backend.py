@@ -29,9 +29,10 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, tiny):
-    backends, actors = [], []
+    backends, actors, worlds = [], [], []
 
     def factory(world):
+        worlds.append(world)
         backends.append(make_backend(world))
         if isinstance(backends[-1], RayBackend):
             actors.extend(backends[-1].pool.actors + [backends[-1].server] * (
@@ -69,6 +70,10 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     on_server, in_clients = backends[1], backends[2]
     assert isinstance(on_server, RayBackend) and "node" in on_server.server_placement
     assert in_clients.server_placement == {"body": "clients", "device": "cpu"}
+    # With the body in the client actors, the first of them evaluates and the
+    # coordinator keeps no body; with it on the server, the coordinator evaluates.
+    assert in_clients._evaluate is None and worlds[2].split.body is None
+    assert on_server._evaluate is not None and worlds[1].split.body is not None
     # Where the time went, summed over the rounds: each part was measured (wall time, so
     # only that it was recorded is checked, not how the parts compare).
     seconds = on_server.seconds

@@ -294,3 +294,13 @@ def test_the_local_loss_epoch_steps_at_its_own_multiple_of_the_learning_rates():
         assert [g["lr"] for g in optimizer.param_groups] == [r * 0.3 for r in rates]
         raise RuntimeError
     assert [g["lr"] for g in optimizer.param_groups] == rates
+
+
+@pytest.mark.parametrize("method", ["sfl", "fl", "centralized"])
+def test_a_round_without_a_training_epoch_reports_nan_loss(method):
+    # mutation survivors of baselines.py: a train loss of None where no epoch ran.
+    _, worker, task, server = _worker_and_task(method)
+    state = {k: v.clone() for k, v in worker.state().items()}
+    result = METHODS[method].client_round(_cfg(method, "train.split_epochs=0"), worker, task,
+                                          state, server)
+    assert math.isnan(result.train_loss) and result.num_kept == len(task.indices)

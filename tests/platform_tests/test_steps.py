@@ -9,8 +9,8 @@ from tinyvit import tiny_vit
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.method.pruning import el2n
-from sfprompt.platform.method.steps import (kept_positions, local_loss_update, score_samples,
-                                            split_update)
+from sfprompt.platform.method.steps import (evaluate, kept_positions, local_loss_update,
+                                            score_samples, split_update)
 from sfprompt.platform.method.trainable import set_trainable
 from sfprompt.platform.model.split import split_vit
 from sfprompt.platform.wire.flops import Flops, count_flops
@@ -174,3 +174,43 @@ def test_scoring_and_a_local_epoch_by_hand():
 def test_a_dry_run_keeps_the_first_positions():
     assert kept_positions(torch.empty(3, dtype=torch.long, device="meta")).tolist() == [0, 1, 2]
     assert kept_positions(torch.tensor([4, 7])).tolist() == [4, 7]
+
+
+def test_split_epoch_loss_is_the_mean_over_samples_by_hand():
+    split, trainable, (x, y) = _setup(prompts=2)
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]  # a full batch and a partial one
+    with torch.no_grad():
+        per_batch = [F.cross_entropy(split.forward(b), c).item() for b, c in batches]
+    optimizer = Capture(trainable)
+    loss = split_update(split, batches, optimizer, BodyServer(split.body), Link(), 0, Flops())
+    assert abs(loss - (3 * per_batch[0] + per_batch[1]) / 4) < 1e-6
+    assert len(optimizer.grads) == 2
+    one = split_update(split, [batches[1]], Capture(trainable), BodyServer(split.body), Link(),
+                       0, Flops())
+    assert abs(one - per_batch[1]) < 1e-6  # one sample: its loss, not half of it
+    assert split_update(split, [], Capture(trainable), BodyServer(split.body), Link(), 0,
+                        Flops()) == 0.0
+
+
+def test_evaluate_one_sample_builds_no_graph_and_nothing_is_zero():
+    split, _, (x, y) = _setup(prompts=2)
+    with torch.no_grad():
+        logits = split.forward(x[:1])
+    grad_modes = []
+    forward = split.forward
+    split.forward = lambda images: (grad_modes.append(torch.is_grad_enabled()),
+                                    forward(images))[1]
+    y1 = logits.argmax(dim=1)  # the one sample is right
+    accuracy, loss = evaluate(split, [(x[:1], y1)])
+    assert accuracy == 1.0 and grad_modes == [False]
+    assert abs(loss - F.cross_entropy(logits, y1).item()) < 1e-6
+    assert evaluate(split, []) == (0.0, 0.0)
+    # Over batches of 2 + 1 + 1: sums over samples, each batch counted once.
+    with torch.no_grad():
+        all_logits = forward(x)
+    labels = all_logits.argmax(dim=1)
+    labels[:2] = (labels[:2] + 1) % all_logits.shape[1]  # 2 of 4 wrong
+    accuracy, loss = evaluate(split, [(x[:2], labels[:2]), (x[2:3], labels[2:3]),
+                                      (x[3:], labels[3:])])
+    assert accuracy == 0.5
+    assert abs(loss - F.cross_entropy(all_logits, labels).item()) < 1e-6
