@@ -144,3 +144,22 @@ def test_a_dynamic_image_size_vit_is_refused_naming_the_model_key():
     with pytest.raises(ConfigError) as err:
         split_vit(tiny_vit(dynamic_img_size=True), 1, 1, prompt_length=0)
     assert str(err.value) == "model.name: dynamic image size ViTs are not supported"
+
+
+def test_a_split_without_its_vit_refuses_to_be_cut_again():
+    split = split_vit(tiny_vit(), 1, 1, prompt_length=P)  # a fixed plan keeps no vit
+    with pytest.raises(SfpromptError) as err:
+        split.cut(0, 1)
+    assert str(err.value) == "split: this split model keeps no ViT to cut again"
+
+
+def test_a_cut_shares_the_prompts_and_draws_nothing_from_the_global_rng():
+    vit = tiny_vit()
+    split = split_vit(vit, 1, 1, prompt_length=P, local_classifier=True)
+    split.vit = vit
+    rng = torch.get_rng_state()
+    cut = split.cut(0, 2)
+    assert torch.equal(torch.get_rng_state(), rng)  # later draws are the run's own
+    assert cut.head.prompts is split.head.prompts
+    assert cut.tail.local_classifier is split.tail.local_classifier
+    assert len(cut.head.blocks) == 0 and len(cut.tail.blocks) == 2
