@@ -42,8 +42,6 @@ beyond its restarts, every client actor dying) stops with a one-line error.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import os
 import time
@@ -54,7 +52,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from sfprompt.actors.clients import ClientPool, PoolRun, get_within
+from sfprompt.actors.clients import ClientPool, PoolRun, get_within, release_body
 from sfprompt.actors.cluster import body_placement, client_pool, connect, server_options
 from sfprompt.actors.evaluator import EvaluationActor
 from sfprompt.actors.server import ServerActor
@@ -65,7 +63,6 @@ from sfprompt.platform.loop.evaluation import Evaluator, PendingEvaluation
 from sfprompt.platform.loop.world import World
 from sfprompt.platform.method.client import ClientResult, ClientTask, State
 from sfprompt.platform.method.registry import METHODS
-from sfprompt.platform.model.split import SplitModel
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +81,7 @@ class RayBackend:
         self.cfg, self.world = cfg, world
         self.method = METHODS[cfg.train.method]
         self._evaluate = self._evaluations = None
+        self._evaluates_on_pool = False  # eval.worker = inline on the first client actor
         self.seconds: Counter[str] = Counter()  # wall time by where it went, summed over rounds
         self.server = self.pool = self.evaluator = None
         self._owns_ray = connect(cfg.ray)
@@ -106,8 +104,9 @@ class RayBackend:
             # eval.worker = inline: on a client actor when it holds the whole model and
             # computes with this process's threads (the same floats); it waits between
             # rounds anyway, and the coordinator then needs no model of its own.
-            on_pool = (cfg.eval.worker == "inline" and threads == torch.get_num_threads()
-                       and (body == "clients" or self.method.client_body))
+            on_pool = self._evaluates_on_pool = (
+                cfg.eval.worker == "inline" and threads == torch.get_num_threads()
+                and (body == "clients" or self.method.client_body))
             if not on_pool and cfg.eval.worker != "actor":
                 # The coordinator's model, untouched by the round (the actors train), one
                 # evaluation at a time.
@@ -271,7 +270,7 @@ class RayBackend:
             ref = self.evaluator.evaluate.remote(state_to_wire(global_state),
                                                  None if body is None else state_to_wire(body))
             return lambda: self._evaluation(ref)
-        if self._evaluate is None:  # on the first client actor, in turn with its clients
+        if self._evaluates_on_pool:  # on the first client actor, in turn with its clients
             result = self._evaluation(self.pool.actors[0].evaluate.remote(
                 state_to_wire(global_state)))
             return lambda: result
@@ -329,17 +328,6 @@ class RayBackend:
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
-
-
-def release_body(split: SplitModel) -> None:
-    """Drop `split`'s body and hand its memory back to the system: glibc keeps freed
-    heap memory for reuse, and a model's weights freed late sit below live data."""
-    split.body = None
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused, not returned
-        pass
 
 
 def make_backend(world: World) -> Backend:

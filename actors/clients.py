@@ -23,6 +23,8 @@ has the server back (backend.py retries it). Every wait has the `ray.timeout_s` 
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import time
 import warnings
@@ -46,6 +48,7 @@ from sfprompt.platform.method.planned import PlannedWorkers
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
+from sfprompt.platform.model.split import SplitModel
 from sfprompt.platform.model.precision import autocast
 from sfprompt.platform.sim.profiles import Profile
 from sfprompt.platform.sim.realtime import emulate_network
@@ -59,6 +62,17 @@ def get_within(refs: ray.ObjectRef | list[ray.ObjectRef], timeout_s: float, what
         return ray.get(refs, timeout=timeout_s)
     except GetTimeoutError:
         raise SfpromptError(f"ray.timeout_s: {what} took longer than {timeout_s:g} s") from None
+
+
+def release_body(split: SplitModel) -> None:
+    """Drop `split`'s body and hand its memory back to the system: glibc keeps freed
+    heap memory for reuse, and a model's weights freed late sit below live data."""
+    split.body = None
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, not returned
+        pass
 
 
 class ServerLost(Exception):
@@ -128,7 +142,7 @@ class ClientActor:
         if self.body is None and not self.method.client_body and split.vit is None:
             # It lives on the server; dropping it frees its weights here (a split plan
             # keeps them: every cut is made from the whole model, model/plans.py).
-            split.body = None
+            release_body(split)
         with warnings.catch_warnings():
             # Object-store arrays are read-only; batches are copies, nothing writes them.
             warnings.simplefilter("ignore", UserWarning)

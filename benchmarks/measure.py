@@ -1,5 +1,5 @@
-"""What the benchmarks measure with: the peak PSS of a process tree, the FLOP rate of a
-step in a tight loop (in this process, or in one 1-thread process per CPU at once),
+"""What the benchmarks measure with: the peak PSS of a process tree, CPU time by role, the
+FLOP rate of a step in a tight loop (in this process, or in one 1-thread process per CPU at once),
 steady-state means and Markdown tables of results."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import psutil
 import torch
 
 from sfprompt.results.markdown import markdown_table
@@ -41,6 +42,26 @@ class PeakPss:
     def __exit__(self, *exc) -> None:
         out, _ = self._sampler.communicate("")  # closing its stdin ends it
         self.peak = int(out) / MIB
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds so far of this process ("coordinator"), of Ray's client actors
+    ("client actors") and of every other process below it ("ray system": the GCS, the
+    raylet, Ray's agents and monitors), summed over each role's processes."""
+    me = psutil.Process()
+    out = {"coordinator": 0.0, "client actors": 0.0, "ray system": 0.0}
+    for proc in [me] + me.children(recursive=True):
+        try:
+            times, words = proc.cpu_times(), proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(w.endswith("pss.py") for w in words):  # the benchmark's own sampler
+            continue
+        role = ("coordinator" if proc.pid == me.pid else
+                "client actors" if words and words[0].startswith("ray::ClientActor")
+                else "ray system")
+        out[role] += times.user + times.system
+    return out
 
 
 def rate(step: Callable[[], object], flops: float, seconds: float = 3.0) -> float:

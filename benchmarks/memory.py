@@ -21,6 +21,7 @@ import time
 
 import psutil
 
+from pss import tree_memory  # benchmarks/pss.py
 from sfprompt.results.markdown import markdown_table
 
 MIB = 2**20
@@ -46,9 +47,9 @@ def main() -> None:
         root, peak, by_pid = psutil.Process(child.pid), 0, {}
         while child.poll() is None:
             total = 0
-            for proc in [root] + root.children(recursive=True):
+            for proc, mem in tree_memory(root):
                 try:
-                    mem, title = proc.memory_full_info(), _title(proc)
+                    title = _title(proc)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += mem.pss

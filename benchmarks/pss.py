@@ -18,17 +18,20 @@ import threading
 import psutil
 
 
-def tree_pss(root: psutil.Process, skip: int) -> int:
-    """Total PSS in bytes of `root` and its descendants but process `skip`."""
-    total = 0
+def tree_memory(root: psutil.Process, skip: int = 0):
+    """(process, its memory_full_info) for `root` and each live descendant but `skip`."""
     for proc in [root] + root.children(recursive=True):
         if proc.pid == skip:
             continue
         try:
-            total += proc.memory_full_info().pss
+            yield proc, proc.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total
+
+
+def tree_pss(root: psutil.Process, skip: int) -> int:
+    """Total PSS in bytes of `root` and its descendants but process `skip`."""
+    return sum(mem.pss for _, mem in tree_memory(root, skip))
 
 
 def main() -> None:

@@ -82,7 +82,8 @@ from sfprompt.platform.loop.world import build_world, initial_progress
 from sfprompt.platform.method.client import ClientTask, ClientWorker
 from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
-from measure import PeakPss, concurrent_rate, log, rate, steady, table  # benchmarks/measure.py
+from measure import (PeakPss, concurrent_rate, cpu_by_role, log, rate,  # benchmarks/measure.py
+                     steady, table)
 
 CPUS = os.cpu_count()
 PART_A = ["train.method=fl_prompt", "model.probe_norm=false", "fed.num_clients=10",
@@ -100,6 +101,7 @@ def project_run(cfg: Config, kind: str, tag: str) -> dict:
     """One run through run_rounds; per round: wall, clients-phase seconds, row."""
     world = build_world(cfg)
     clients: dict[int, float] = {}
+    cpu: dict[int, dict[str, float]] = {}  # per round: CPU s of each role in the clients phase
     with PeakPss() as pss:
         start = time.perf_counter()
         backend = RayBackend(world) if kind == "ray" else LocalBackend(world)
@@ -107,9 +109,10 @@ def project_run(cfg: Config, kind: str, tag: str) -> dict:
         start = time.perf_counter()
 
         def timed(tasks, global_state, inner=backend.run_clients):  # without evaluation
-            begin = time.perf_counter()
+            begin, cpu_before = time.perf_counter(), cpu_by_role()
             results = inner(tasks, global_state)
             clients[tasks[0].round] = time.perf_counter() - begin
+            cpu[tasks[0].round] = {k: v - cpu_before[k] for k, v in cpu_by_role().items()}
             return results
 
         backend.run_clients = timed
@@ -125,6 +128,7 @@ def project_run(cfg: Config, kind: str, tag: str) -> dict:
     return {"kind": kind, "startup": startup, "total": time.perf_counter() - start,
             "walls": [r["wall_seconds"] for r in rows],
             "clients": [clients.get(r["round"], 0.0) for r in rows], "rows": rows,
+            "cpu": [cpu.get(r["round"], {}) for r in rows],
             "accuracy": [r["accuracy"] for r in rows], "pss": pss.peak}
 
 
@@ -276,6 +280,9 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
                          "fixed ms/client, r1/steady": "/".join(
                              f"{1e3 * v:.2f}" for v in (fixed[0], steady(fixed))),
                          "counted ÷ plain FLOPs": f"{work[-1] / max(ran[-1], 1) / step_flops:.3f}",
+                         # where the cores went in the last round: CPU ms per client
+                         "CPU ms/client: actors, coordinator, ray system": ", ".join(
+                             f"{1e3 * s / max(ran[-1], 1):.1f}" for s in r["cpu"][-1].values()),
                          "ray start-up s": f"{r['startup']:.1f}" if r["kind"] == "ray" else "-",
                          "peak PSS MiB": f"{r['pss']:.0f}"})
     print(f"\n(b) cross-device, {args.registered} registered clients of {SAMPLES_B} samples\n")

@@ -10,8 +10,17 @@ resolve to the folders beside us.
 """
 
 import os as _os
+import sys as _sys
 
 __version__ = "0.1.0"
+
+# torch's CUDA wheels import triton, their GPU kernel compiler, with torch._dynamo (which
+# timm imports through torchvision) and with FLOP counting (platform/wire/flops.py): a
+# 500 MB library, part of it resident in every process, that nothing calls without a
+# GPU. Without an NVIDIA driver triton is absent here, as in torch's CPU builds; set
+# before any of those imports, so here.
+if not _os.path.exists("/dev/nvidiactl"):
+    _sys.modules.setdefault("triton", None)
 
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isdir(

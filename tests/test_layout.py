@@ -88,6 +88,21 @@ def test_code_folders_import_as_subpackages():
     assert str(ROOT / "platform") in done.stdout
 
 
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="a GPU machine keeps triton")
+def test_without_a_gpu_triton_stays_unloaded_and_flops_are_still_counted():
+    # timm (through torchvision's torch._dynamo) and FLOP counting would each load it.
+    done = _python("import sys, sfprompt.actors.clients, torch\n"
+                   "from collections import Counter\n"
+                   "from sfprompt.platform.wire.flops import count_flops\n"
+                   "total = Counter()\n"
+                   "with count_flops(total, 'k'):\n"
+                   "    torch.ones(3, 4) @ torch.ones(4, 5)\n"
+                   "print(sys.modules['triton'], total['k'])")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", str(2 * 3 * 4 * 5)]
+    assert "triton" not in done.stderr  # torch's warning that it cannot count its kernels
+
+
 def test_no_code_folder_has_an_init_file():
     for name in ("platform", "actors", "studies", "results"):
         assert (ROOT / name).is_dir() and not (ROOT / name / "__init__.py").exists()

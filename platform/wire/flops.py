@@ -9,12 +9,17 @@ the CPU flash-attention kernels, so attention is counted on every device.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
 
 import torch
-from torch.utils import flop_counter
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+# Where triton is absent (sfprompt/__init__.py), torch warns on import that triton
+# kernels cannot be counted; none runs here.
+logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)
+from torch.utils import flop_counter  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula  # noqa: E402
 
 class _GlobalOnly:
     """Stands in for FlopCounterMode's ModuleTracker, which attributes FLOPs to modules
