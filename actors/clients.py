@@ -48,8 +48,8 @@ from sfprompt.platform.method.planned import PlannedWorkers
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.platform.method.server import BodyServer
 from sfprompt.platform.model.build import build_split
-from sfprompt.platform.model.split import SplitModel
 from sfprompt.platform.model.precision import autocast
+from sfprompt.platform.model.split import SplitModel
 from sfprompt.platform.sim.profiles import Profile
 from sfprompt.platform.sim.realtime import emulate_network
 

@@ -1,6 +1,6 @@
-"""What the benchmarks measure with: the peak PSS of a process tree, CPU time by role, the
-FLOP rate of a step in a tight loop (in this process, or in one 1-thread process per CPU at once),
-steady-state means and Markdown tables of results."""
+"""What the benchmarks measure with: the peak PSS of a process tree, CPU time by role,
+the FLOP rate of a step in a tight loop (in this process, or in one 1-thread process per
+CPU at once), steady-state means and Markdown tables of results."""
 
 from __future__ import annotations
 

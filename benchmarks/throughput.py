@@ -281,7 +281,7 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
                              f"{1e3 * v:.2f}" for v in (fixed[0], steady(fixed))),
                          "counted ÷ plain FLOPs": f"{work[-1] / max(ran[-1], 1) / step_flops:.3f}",
                          # where the cores went in the last round: CPU ms per client
-                         "CPU ms/client: actors, coordinator, ray system": ", ".join(
+                         "CPU ms/client: coordinator, client actors, ray system": ", ".join(
                              f"{1e3 * s / max(ran[-1], 1):.1f}" for s in r["cpu"][-1].values()),
                          "ray start-up s": f"{r['startup']:.1f}" if r["kind"] == "ray" else "-",
                          "peak PSS MiB": f"{r['pss']:.0f}"})

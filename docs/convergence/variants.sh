@@ -11,7 +11,7 @@
 set -e
 out=${1:-runs/variants}
 seeds=${2:-0 1 2}
-variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts}
+variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts separate_thin separate_no_pruning}
 overrides() {
   case $1 in
     default) echo "" ;;
@@ -22,6 +22,9 @@ overrides() {
     frozen) echo "train.local_classifier=frozen" ;;
     separate) echo "train.local_classifier=separate" ;;
     no_prompts) echo "prompt.length=0" ;;
+    # today's default (separate) at the thin client, and without pruning
+    separate_thin) echo "train.local_classifier=separate split.head_blocks=0 split.tail_blocks=0" ;;
+    separate_no_pruning) echo "train.local_classifier=separate prune.keep=1" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
