@@ -111,6 +111,18 @@ def git_state(directory: str | Path) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status.strip())}
 
 
+def _cpu_model() -> str:
+    """The processor's name (`platform.processor()` is empty on most Linux hosts)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _torch_info() -> dict[str, Any] | None:
     """Torch build and devices; imported here, not at module level (results stays light)."""
     try:
@@ -124,6 +136,9 @@ def _torch_info() -> dict[str, Any] | None:
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if cuda else [],
         "num_threads": torch.get_num_threads(),
+        # The kernels torch dispatches to (e.g. AVX2, AVX512) decide the last bits of a
+        # float sum: results are bit for bit the same only on hosts that agree here.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
@@ -158,6 +173,7 @@ def run_info(status: str, *, source_dir: str | Path | None = None, **extra: Any)
             "platform": platform.platform(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
+            "cpu_model": _cpu_model(),
             "torch": _torch_info(),
         },
     }

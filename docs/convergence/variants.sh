@@ -1,6 +1,7 @@
 #!/bin/sh
-# SFPrompt's parts at convergence (issue 16): the default and one change each, in the
-# setting of config.toml (20 rounds, 800 training digits, 10 clients, Dirichlet 0.5).
+# SFPrompt's parts at convergence (issue 16): the default and one change each, and the
+# other methods, in the setting of config.toml (20 rounds, 800 training digits, 10
+# clients, Dirichlet 0.5), so that one report puts every row next to `fl`.
 # Every variant changes the default of before 2026-12-03, train.local_classifier =
 # "shared" (what the kept runs ran; `separate` is today's default).
 # A run already completed in OUT_DIR is kept; one cut off resumes where it stopped.
@@ -11,7 +12,7 @@
 set -e
 out=${1:-runs/variants}
 seeds=${2:-0 1 2}
-variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts separate_thin separate_no_pruning}
+variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts separate_thin separate_no_pruning fl fl_prompt sfl centralized}
 overrides() {
   case $1 in
     default) echo "" ;;
@@ -25,6 +26,8 @@ overrides() {
     # today's default (separate) at the thin client, and without pruning
     separate_thin) echo "train.local_classifier=separate split.head_blocks=0 split.tail_blocks=0" ;;
     separate_no_pruning) echo "train.local_classifier=separate prune.keep=1" ;;
+    # the other methods (the last train.method given wins)
+    fl|fl_prompt|sfl|centralized) echo "train.method=$1" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import sfprompt
 from sfprompt.platform.errors import SfpromptError
@@ -134,6 +135,8 @@ def test_run_info_content_and_run_json(tmp_path):
     assert expected <= set(versions)
     assert versions["pandas"] == pd.__version__
     assert info["host"]["cpu_count"] >= 1 and info["host"]["torch"]["num_threads"] >= 1
+    assert info["host"]["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(info["host"]["cpu_model"], str)
     started = dt.datetime.fromisoformat(info["started"])
     assert abs(dt.datetime.now(dt.timezone.utc) - started) < dt.timedelta(minutes=1)
 
