@@ -43,6 +43,7 @@ MODULES = {
     "staleness": ("platform/fed/staleness.py", [f"{T}/test_protocols.py"]),
     "codecs": ("platform/wire/codecs.py", [f"{T}/test_compression.py"]),
     "link": ("platform/wire/link.py", [f"{T}/test_accounting.py"]),
+    "flops": ("platform/wire/flops.py", [f"{T}/test_flop_cache.py", f"{T}/test_accounting.py"]),
     "pruning": ("platform/method/pruning.py", [f"{T}/test_core_truths.py",
                                                f"{T}/test_pruning_aggregation.py"]),
     "split": ("platform/model/split.py", [f"{T}/test_split.py", f"{T}/test_split_truths.py",

@@ -5,11 +5,15 @@
 # Every variant changes the default of before 2026-12-03, train.local_classifier =
 # "shared" (what the kept runs ran; `separate` is today's default).
 # A run already completed in OUT_DIR is kept; one cut off resumes where it stopped.
-# Each completed run's tables (no checkpoint) are kept in docs/convergence/variants/,
+# Each run's tables (no checkpoint) are kept in docs/convergence/variants/ once it completes,
 # where `sfprompt report` makes each change a variant row (its compare.md).
-#   sh docs/convergence/variants.sh [OUT_DIR] [SEEDS] [VARIANTS]
-#   (defaults runs/variants, "0 1 2", all of them; several minutes a run)
+#   [ROUNDS=N] sh docs/convergence/variants.sh [OUT_DIR] [SEEDS] [VARIANTS]
+#   (defaults runs/variants, "0 1 2", all of them; several minutes a run). ROUNDS other
+#   than 20 runs that many rounds and keeps the tables in docs/convergence/rounds-N/.
 set -e
+rounds=${ROUNDS:-20}
+kept=docs/convergence/variants
+[ "$rounds" = 20 ] || kept=docs/convergence/rounds-$rounds
 out=${1:-runs/variants}
 seeds=${2:-0 1 2}
 variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts separate_thin separate_no_pruning fl fl_prompt sfl centralized}
@@ -35,23 +39,20 @@ for seed in $seeds; do
   for v in $variants; do
     set -- $(overrides "$v")
     dir="$out/$v-seed$seed"
-    [ -f "docs/convergence/variants/$v-seed$seed/run.json" ] && continue  # kept: done
+    [ -f "$kept/$v-seed$seed/run.json" ] && continue  # kept: done
     status=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" \
       "$dir/run.json" 2>/dev/null || true)
     case $status in
       completed) ;;
       "") sfprompt run --config docs/convergence/config.toml train.method=sfprompt \
-            run.seed="$seed" run.out_dir="$out" run.run_id="$v-seed$seed" \
-            train.local_classifier=shared "$@" ;;
+            fed.rounds="$rounds" run.seed="$seed" run.out_dir="$out" \
+            run.run_id="$v-seed$seed" train.local_classifier=shared "$@" ;;
       *) sfprompt resume "$dir" ;;
     esac
+    # kept as soon as it completes, so a session cut off loses only the run in progress
+    mkdir -p "$kept/$v-seed$seed"
+    cp "$dir/run.json" "$dir/config.toml" "$dir/rounds.parquet" "$dir/clients.parquet" \
+      "$kept/$v-seed$seed/"
   done
-done
-kept=docs/convergence/variants
-for dir in "$out"/*/; do
-  id=$(basename "$dir")
-  grep -q '"status": "completed"' "$dir/run.json" 2>/dev/null || continue
-  mkdir -p "$kept/$id"
-  cp "$dir/run.json" "$dir/config.toml" "$dir/rounds.parquet" "$dir/clients.parquet" "$kept/$id/"
 done
 sfprompt report "$kept" --target 0.6
