@@ -15,6 +15,9 @@ def test_linear_flops_are_2mnk():
     with count_flops(total, "fwd"):
         layer(x)
     assert total["fwd"] == 2 * m * n * k
+    with count_flops(total, "fwd"):  # adds to what the key holds
+        layer(x)
+    assert total["fwd"] == 2 * (2 * m * n * k)
 
 
 def test_attention_flops_are_counted_on_cpu():
@@ -57,6 +60,20 @@ def test_flops_counts_each_signature_once_and_exactly():
     _step(layers, uncached, torch.randn(m, k))
     assert frozen["client"] == uncached["client"] == 2 * m * k * n + 2 * m * n * n + 2 * m * n * n
     assert len(cache) == 3
+
+
+def test_a_known_signature_is_looked_up_not_counted_again():
+    # The signature, not the block, decides a hit: a later block under a known signature
+    # adds the remembered count without running the counter, even where (unlike in a
+    # real step) it computes something else.
+    m, k = 4, 8
+    x, w = torch.randn(m, k), torch.randn(k, k)
+    flops = Flops({})
+    with flops.count("client", "step"):
+        x @ w
+    with flops.count("client", "step"):
+        x @ w @ w @ w
+    assert flops["client"] == 2 * (2 * m * k * k)
 
 
 def test_link_counts_numel_times_element_size_and_copies():
