@@ -8,12 +8,12 @@
 # Each run's tables (no checkpoint) are kept in docs/convergence/variants/ once it completes,
 # where `sfprompt report` makes each change a variant row (its compare.md).
 #   [ROUNDS=N] sh docs/convergence/variants.sh [OUT_DIR] [SEEDS] [VARIANTS]
-#   (defaults runs/variants, "0 1 2", all of them; several minutes a run). ROUNDS other
-#   than 20 runs that many rounds and keeps the tables in docs/convergence/rounds-N/.
+#   (defaults runs/variants, "0 1 2", all of them; several minutes a run). ROUNDS runs
+#   that many rounds instead of config.toml's and keeps the tables in
+#   docs/convergence/rounds-N/.
 set -e
-rounds=${ROUNDS:-20}
 kept=docs/convergence/variants
-[ "$rounds" = 20 ] || kept=docs/convergence/rounds-$rounds
+[ -z "$ROUNDS" ] || kept=docs/convergence/rounds-$ROUNDS
 out=${1:-runs/variants}
 seeds=${2:-0 1 2}
 variants=${3:-default thin no_pruning no_local_loss neither frozen separate no_prompts separate_thin separate_no_pruning fl fl_prompt sfl centralized}
@@ -45,7 +45,7 @@ for seed in $seeds; do
     case $status in
       completed) ;;
       "") sfprompt run --config docs/convergence/config.toml train.method=sfprompt \
-            fed.rounds="$rounds" run.seed="$seed" run.out_dir="$out" \
+            ${ROUNDS:+fed.rounds=$ROUNDS} run.seed="$seed" run.out_dir="$out" \
             run.run_id="$v-seed$seed" train.local_classifier=shared "$@" ;;
       *) sfprompt resume "$dir" ;;
     esac
