@@ -10,13 +10,14 @@ The training set goes into the object store once (as numpy, which Ray maps witho
 copy) and every actor on a node reads the same shared memory. The server is reached
 through `ServerProxy`, which gives `split_update` `BodyServer`'s interface over the
 server actor's handle, or, with the frozen body in the client actors (`ray.body`), is a
-`BodyServer` of the actor's own, as in the local backend. The pool hands each task to
-the next free actor as actors finish (`ray.wait`).
+`BodyServer` of the actor's own, as in the local backend. The pool hands the tasks out
+in calls of several clients (`next_call`: one trip through Ray then serves them all),
+each to the actor with the fewest out as actors finish (`ray.wait`).
 
 Faults. A client actor whose process dies (killed, out of memory, or an injected
 `faults.client_crash`, which exits it on receiving the task) is replaced by a fresh
-one; the client it was running is failed, and the clients queued behind it, which
-never started, run elsewhere. A task that loses the server (its actor died under the
+one; the client it was running is failed (the first of its call's: an injected crash
+travels alone), and the other clients of its calls run elsewhere. A task that loses the server (its actor died under the
 request) is reported as such, and the pool stops handing out work until the backend
 has the server back (backend.py retries it). Every wait has the `ray.timeout_s` limit.
 """
@@ -156,9 +157,22 @@ class ClientActor:
         # Methods that do not split get no server (and never call one).
         self.server = ServerProxy(server, cfg.ray.timeout_s) if server is not None else None
 
-    def run(self, task: ClientTask, profile: Profile,
-            global_state: State) -> tuple[ClientResult, Seconds]:
-        """One client's round, as the local backend runs it, and where its time went."""
+    def run(self, tasks: Sequence[ClientTask], profiles: Sequence[Profile],
+            global_state: State) -> list[tuple[ClientResult, Seconds] | None]:
+        """The rounds of one call's clients in turn, as the local backend runs them, each
+        with where its time went; None for those a lost server left undone (it stops
+        there: the pool retries them when the server is back)."""
+        global_state = state_from_wire(global_state)
+        out: list[tuple[ClientResult, Seconds] | None] = []
+        for task, profile in zip(tasks, profiles):
+            try:
+                out.append(self._client_round(task, profile, global_state))
+            except ServerLost:
+                return out + [None] * (len(tasks) - len(out))
+        return out
+
+    def _client_round(self, task: ClientTask, profile: Profile,
+                      global_state: State) -> tuple[ClientResult, Seconds]:
         if task.crash:
             os._exit(1)  # an injected crash: the process is gone, no reply, no clean-up
         if self.server is not None:
@@ -166,8 +180,7 @@ class ClientActor:
         start = time.perf_counter()
         with emulate_network(self.cfg.network, profile, task.seed), \
                 autocast(self.cfg.run.precision):
-            result = self.workers.client_round(self.method, self.cfg, task,
-                                               state_from_wire(global_state),
+            result = self.workers.client_round(self.method, self.cfg, task, global_state,
                                                self.body or self.server)
         seconds = {"client_round": time.perf_counter() - start,
                    "server_wait": self.server.wait_seconds if self.server else 0.0}
@@ -207,6 +220,7 @@ class ClientPool:
                  threads: int, body_in_clients: bool = False,
                  test: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.timeout_s = cfg.ray.timeout_s
+        self.clients_per_call = cfg.ray.clients_per_call
         images_ref, labels_ref = ray.put(images), ray.put(labels)  # once, shared by all
         self._remote = ray.remote(ClientActor).options(num_cpus=cpus,
                                                        scheduling_strategy="SPREAD")
@@ -222,61 +236,69 @@ class ClientPool:
 
     def run(self, tasks: Sequence[ClientTask], profiles: Sequence[Profile], global_state: State,
             in_flight: int) -> PoolRun:
-        """Every task's fate; results in order of completion. At most `in_flight` tasks
-        are out at once, each to the actor with the fewest. Two per actor keep the next
-        client queued at the actor while it runs one, so it never idles waiting for the
-        coordinator to hear back and hand out more work."""
+        """Every task's fate; results in order of completion. Tasks go out in calls of
+        several clients (`next_call`), at most `in_flight` calls at once, each to the
+        actor with the fewest. Two per actor keep the next call queued at the actor while
+        it runs one, so it never idles waiting for the coordinator to hear back and hand
+        out more work."""
         state_ref = ray.put(state_to_wire(global_state))  # once per round, for every client
         queue = deque(tasks)
-        # task ref -> (index of its actor, task), in submission order: an actor runs its
-        # tasks in that order, which tells the one it was running when it died.
-        pending: dict[ray.ObjectRef, tuple[int, ClientTask]] = {}
-        loads = [0] * len(self.actors)  # tasks out per actor
+        # call ref -> (index of its actor, its tasks), in submission order: an actor runs
+        # its calls in that order, which tells the one it was running when it died.
+        pending: dict[ray.ObjectRef, tuple[int, list[ClientTask]]] = {}
+        loads = [0] * len(self.actors)  # calls out per actor
         out = PoolRun()
         while queue or pending:
             while queue and len(pending) < in_flight:
-                task = queue.popleft()
+                call = next_call(queue, in_flight, self.clients_per_call)
                 i = loads.index(min(loads))
-                ref = self.actors[i].run.remote(task, profiles[task.client], state_ref)
-                pending[ref] = (i, task)
+                ref = self.actors[i].run.remote(call, [profiles[t.client] for t in call],
+                                                state_ref)
+                pending[ref] = (i, call)
                 loads[i] += 1
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout_s)
+            # ray.timeout_s bounds a client's round, so a call of n clients gets n times it.
+            limit = self.timeout_s * max(len(c) for _, c in pending.values())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=limit)
             if not ready:
                 raise SfpromptError(f"ray.timeout_s: no client round finished within "
                                     f"{self.timeout_s:g} s")
-            i, task = pending[ready[0]]
+            i, call = pending[ready[0]]
+            settled = len(out.done) + len(out.failed)
             try:
-                out.done.append(_get(ready[0], self.timeout_s))
-            except ServerLost:
-                out.server_lost.append(task)
-                out.server_lost.extend(queue)  # no new work until the server is back
-                queue.clear()
+                lost = _settle(_get(ready[0], self.timeout_s), call, out)
             except RayActorError:
                 queue.extendleft(reversed(self._lost_actor(i, pending, out)))
                 loads[i] = 0
-                client_done(len(out.done) + len(out.failed), len(tasks))
-                continue
-            del pending[ready[0]]
-            loads[i] -= 1
-            client_done(len(out.done) + len(out.failed), len(tasks))
+                lost = False
+            else:
+                del pending[ready[0]]
+                loads[i] -= 1
+            if lost:
+                out.server_lost.extend(queue)  # no new work until the server is back
+                queue.clear()
+            for n in range(settled + 1, len(out.done) + len(out.failed) + 1):
+                client_done(n, len(tasks))  # one by one, as the local backend reports
         return out
 
-    def _lost_actor(self, i: int, pending: dict[ray.ObjectRef, tuple[int, ClientTask]],
+    def _lost_actor(self, i: int, pending: dict[ray.ObjectRef, tuple[int, list[ClientTask]]],
                     out: PoolRun) -> list[ClientTask]:
-        """Actor `i` died: settle its tasks (done, the one it ran: failed), replace it,
-        and return the tasks that were only queued there, to run elsewhere."""
+        """Actor `i` died: settle its calls, replace it, and return the tasks to run
+        elsewhere. Of the call it was running (its first unsettled one) the first client
+        fails: its work is lost with the process (an injected crash travels alone, so it
+        is that client), and so is any other client's that the call had finished, whose
+        reply never came; those and the calls only queued there run again elsewhere."""
         mine = [ref for ref, (j, _) in pending.items() if j == i]  # submission order
         ray.wait(mine, num_returns=len(mine), timeout=self.timeout_s)  # all settle at once
         requeue: list[ClientTask] = []
-        running = True  # the first task lost with the actor is the one it was running
+        running = True  # the first call lost with the actor is the one it was running
         for ref in mine:
-            task = pending.pop(ref)[1]
+            call = pending.pop(ref)[1]
             try:
-                out.done.append(_get(ref, self.timeout_s))
-            except ServerLost:
-                out.server_lost.append(task)
+                _settle(_get(ref, self.timeout_s), call, out)
             except (RayActorError, GetTimeoutError):
-                (out.failed if running else requeue).append(task)
+                if running:
+                    out.failed.append(call[0])
+                requeue.extend(call[1:] if running else call)
                 running = False
         ray.kill(self.actors[i])  # a no-op if it is gone; ends it if it only hung
         self.actors[i] = self._remote.remote(*self._args)
@@ -289,14 +311,43 @@ class ClientPool:
         self.actors = []
 
 
-def _get(ref: ray.ObjectRef, timeout_s: float) -> tuple[ClientResult, Seconds]:
-    """`ray.get` of a settled client task; a one-line error raised in the actor (e.g. a
-    server request's timeout) comes back as itself, not as a remote traceback."""
+def next_call(queue: deque[ClientTask], in_flight: int, most: int) -> list[ClientTask]:
+    """The tasks of the next call to a client actor, taken from the front of `queue`.
+
+    Guided self-scheduling: a call takes its share of what is left, ceil(left /
+    in_flight) clients, at most `most` (`ray.clients_per_call`): a long round travels in
+    few large calls (a trip through Ray costs the same for one client or eight), and its
+    last calls shrink to one client, so the actors finish together. A client that is to
+    crash (`faults.client_crash`) travels alone: its actor's death loses only its work."""
+    size = max(1, min(most, -(-len(queue) // in_flight)))
+    call = [queue.popleft()]
+    while not call[0].crash and queue and len(call) < size and not queue[0].crash:
+        call.append(queue.popleft())
+    return call
+
+
+def _settle(replies: list[tuple[ClientResult, Seconds] | None], call: list[ClientTask],
+            out: PoolRun) -> bool:
+    """File a call's replies: done, or (None) left undone by a lost server. True if any
+    was lost to the server."""
+    for task, reply in zip(call, replies):
+        if reply is None:
+            out.server_lost.append(task)
+        else:
+            out.done.append(reply)
+    return any(reply is None for reply in replies)
+
+
+def _get(ref: ray.ObjectRef, timeout_s: float) -> list[tuple[ClientResult, Seconds] | None]:
+    """`ray.get` of a settled call; a one-line error raised in the actor (e.g. a server
+    request's timeout) comes back as itself, not as a remote traceback."""
     try:
-        result, seconds = ray.get(ref, timeout=timeout_s)
-        result.state = state_from_wire(result.state)
-        return result, seconds
+        replies = ray.get(ref, timeout=timeout_s)
     except RayTaskError as err:
-        if isinstance(err.cause, (ServerLost, SfpromptError)):
+        if isinstance(err.cause, SfpromptError):
             raise err.cause from None
         raise
+    for reply in replies:
+        if reply is not None:
+            reply[0].state = state_from_wire(reply[0].state)
+    return replies

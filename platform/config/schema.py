@@ -284,6 +284,11 @@ class RayConfig:
     # nothing needs a server actor (no GPU in the cluster, no ray.server_resource, no
     # faults.server_crash_round), else "server" (actors/cluster.py, body_placement).
     body: str = "auto"
+    # The most clients one call to a client actor carries: a trip through Ray costs
+    # about the same for one client as for eight, so a round of many small clients goes
+    # out in large calls, shrinking to one client as the round ends (actors/clients.py,
+    # next_call); 1 = a call per client. No number depends on it.
+    clients_per_call: int = 8
     # Seconds any remote call may take (actor start-up, a client's round, a server
     # request) before the run fails naming this key.
     timeout_s: float = 600.0

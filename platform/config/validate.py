@@ -55,7 +55,7 @@ def validate(cfg: Config) -> None:
         _check(value >= 0, key, f"must be >= 0, got {value}")
     for key in ("train.batch_size", "train.eval_batch_size", "eval.every", "fed.rounds",
                 "fed.num_clients", "fed.clients_per_round", "fed.shards_per_client",
-                "fed.min_samples"):
+                "fed.min_samples", "ray.clients_per_call"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value >= 1, key, f"must be >= 1, got {value}")

@@ -1,7 +1,9 @@
 """The Ray backend against the in-process reference, on one local Ray instance (2 CPUs)."""
 
 import time
+from collections import deque
 
+import numpy as np
 import pandas as pd
 import pytest
 import ray
@@ -10,13 +12,14 @@ import torch
 from sfprompt.actors.backend import RayBackend, make_backend
 from sfprompt.actors.cluster import (actor_threads, body_placement, client_pool, pool_shape,
                                      server_options)
-from sfprompt.actors.clients import get_within
+from sfprompt.actors.clients import get_within, next_call
 from sfprompt.platform.config.load import load_config
 from sfprompt.platform.config.schema import RayConfig
 from sfprompt.platform.errors import ConfigError, SfpromptError
 from sfprompt.platform.loop.backend import LocalBackend, on_client_done
 from sfprompt.platform.loop.rounds import run_rounds
 from sfprompt.platform.loop.world import build_world, initial_progress
+from sfprompt.platform.method.client import ClientTask
 from sfprompt.platform.method.registry import METHODS
 from sfprompt.results.experiment import run_experiment
 from sfprompt.results.tables import read_clients, read_rounds
@@ -42,12 +45,13 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     dirs, settled = {}, {}
     # With the body on a server actor: two client actors sharing the one CPU it leaves,
     # so that server requests from different clients really interleave (four rounds of
-    # it: as many as two runs of the tiny run's two). With the body in the client
-    # actors, each computes its own clients' body steps.
-    for name, backend, body in (("local", "local", "auto"), ("ray1", "ray", "server"),
-                                ("ray2", "ray", "clients")):
+    # it: as many as two runs of the tiny run's two), a call per client. With the body
+    # in the client actors, one actor computes its own clients' body steps, and a round's
+    # 4 clients go to it in calls of 2, 1 and 1 (two calls out at once: next_call).
+    for name, backend, body, pool in (("local", "local", "auto", 2), ("ray1", "ray", "server", 2),
+                                      ("ray2", "ray", "clients", 1)):
         cfg = load_config(None, tiny + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
-                                        f"run.backend={backend}", "ray.num_client_actors=2",
+                                        f"run.backend={backend}", f"ray.num_client_actors={pool}",
                                         "run.threads=1", f"ray.body={body}", "fed.rounds=4"])
         with on_client_done(lambda *call, name=name: settled.setdefault(name, []).append(call)):
             dirs[name] = run_experiment(cfg, make_backend=factory)
@@ -81,7 +85,7 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     assert all(seconds[k] > 0 for k in parts), dict(seconds)
     assert in_clients.seconds["client_round"] > 0 and in_clients.seconds["server_wait"] == 0
     # run_experiment closed the backends: their actors are gone, the fixture's Ray is not.
-    assert len(local) == 4 and len(actors) == 5 and ray.is_initialized()
+    assert len(local) == 4 and len(actors) == 4 and ray.is_initialized()
     for actor in actors:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(actor.placement.remote(), timeout=30)
@@ -211,6 +215,24 @@ def test_evaluation_overlaps_the_next_round_and_progress_is_the_yielded_rounds(
         assert done == ref_done == row["round"] and visited == ref_visited
         assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
     assert len({frozenset(v) for *_, v in local}) > 1  # visited grows: a real check
+
+
+def _tasks(*crashes: bool) -> deque:
+    return deque(ClientTask(c, 1, np.arange(2), c, first_visit=True, crash=crash)
+                 for c, crash in enumerate(crashes))
+
+
+def test_calls_take_their_share_of_what_is_left_and_a_crash_travels_alone():
+    queue = _tasks(*[False] * 20)
+    sizes = []
+    while queue:
+        sizes.append(len(next_call(queue, 4, 3)))  # 4 calls out, at most 3 clients each
+    # ceil(left / 4), at most 3: 3 while 9 or more are left, then 2, 1, 1, 1.
+    assert sizes == [3, 3, 3, 3, 2, 2, 1, 1, 1, 1]
+    queue = _tasks(False, False, True, False, False, False)
+    calls = [[t.client for t in next_call(queue, 1, 8)] for _ in range(3)]
+    assert calls == [[0, 1], [2], [3, 4, 5]] and not queue
+    assert [t.client for t in next_call(_tasks(False, False), 2, 1)] == [0]  # 1: one each
 
 
 def test_resources_of_server_and_pool(ray_instance):

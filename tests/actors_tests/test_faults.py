@@ -36,9 +36,8 @@ def references(tmp_path_factory):
         key = tuple(overrides)
         if key not in runs:
             out = tmp_path_factory.mktemp("local")
-            cfg = load_config(None, overrides + [f"run.out_dir={out}", "run.run_id=local",
-                                                 "run.backend=local", "run.threads=1",
-                                                 "ray.num_client_actors=2"])
+            cfg = load_config(None, ["ray.num_client_actors=2", *overrides, f"run.out_dir={out}",
+                                     "run.run_id=local", "run.backend=local", "run.threads=1"])
             runs[key] = run_experiment(cfg)
         return runs[key]
     return reference
@@ -68,9 +67,9 @@ def _runs(tmp_path, overrides, on_ray_round=None, worker="inline", reference=Non
 
     if reference is not None:
         dirs["local"] = reference(overrides)
-    cfg = load_config(None, overrides + [f"run.out_dir={tmp_path}", "run.run_id=ray",
-                                         "run.backend=ray", "run.threads=1",
-                                         "ray.num_client_actors=2", f"eval.worker={worker}"])
+    cfg = load_config(None, ["ray.num_client_actors=2", *overrides, f"run.out_dir={tmp_path}",
+                             "run.run_id=ray", "run.backend=ray", "run.threads=1",
+                             f"eval.worker={worker}"])
     dirs["ray"] = run_experiment(cfg, make_backend=factory, on_round=after)
     assert len(backends) == 1 and isinstance(backends[0], RayBackend)
     return dirs, pids
@@ -102,6 +101,27 @@ def test_injected_client_and_server_crashes_kill_processes_and_change_no_number(
     assert pids[-1]["replaced"] == len(crashes)  # and so did each crashed client's
     log = (dirs["ray"] / "run.log").read_text()
     assert "the server actor was lost" in log and "client actor(s) died running" in log
+
+
+def test_crashes_inside_calls_of_several_clients_change_no_number(ray_instance, references,
+                                                                  tmp_path, tiny):
+    # One client actor, two calls out: a round's 6 clients go in calls of up to 3
+    # (next_call). Round 2's server crash hits the first request of a call, so the
+    # rest of that call comes back undone and runs after the restart. Seed 2 crashes
+    # round 1's clients 1 and 5: client 1 travels alone, so its actor's death loses only
+    # its work (were it in client 0's call, client 0 would fail in its place).
+    overrides = tiny + ["fed.clients_per_round=6", "faults.client_crash=0.25",
+                        "faults.server_crash_round=2", "run.seed=2"]
+    cfg = load_config(None, overrides)
+    crashes = [(r, c) for r in (1, 2) for c in sample_clients(cfg, r)
+               if client_crashes(cfg.faults, cfg.run.seed, r, c)]
+    assert crashes == [(1, 1), (1, 5), (2, 0)]
+    dirs, pids = _runs(tmp_path, overrides + ["ray.num_client_actors=1"], reference=references)
+    _assert_same(dirs)
+    rounds = read_rounds(dirs["ray"])
+    assert rounds["failed"].sum() == len(crashes) == rounds["faults.client_crashes"].sum()
+    assert rounds["faults.server_crashes"].tolist() == [0, 1]
+    assert pids[-1]["replaced"] == len(crashes)
 
 
 @pytest.mark.slow  # two real server restarts: 20-35 s on the shared 2-core host
