@@ -21,7 +21,9 @@
     (the first a warm-up), local and ray, the Ray backend with the body in the client
     actors (ray.body = auto) and one client actor per CPU (ray.num_client_actors; 1 thread
     each, as auto then gives): at these shapes a second thread in one process adds little,
-    a second process a core's worth. Fixed cost per client-round =
+    a second process a core's worth. Ray runs twice: as configured (calls of up to
+    ray.clients_per_call clients) and with a call per client (ray.clients_per_call=1).
+    Fixed cost per client-round =
     (wall of the clients phase - counted FLOPs of the round / R) / clients that ran, where R
     is the FLOP/s the machine reaches on a tight loop of the same steps at the same shapes
     with no accounting (scoring forward, local-path and full-path fwd + bwd + Adam; FLOPs
@@ -262,7 +264,12 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
             return rate(client, step_flops), concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS)
 
         before = machine_rates()
-        runs = [project_run(cfg, kind, f"b {per_round}/round") for kind in ("local", "ray")]
+        tag = f"b {per_round}/round"
+        runs = [project_run(cfg, kind, tag) for kind in ("local", "ray")]
+        # Beside it, the Ray backend as it was before calls of several clients.
+        one = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, clients_per_call=1))
+        runs.append(project_run(one, "ray", f"{tag}, 1 per call"))
+        runs[-1]["kind"] = "ray, a call per client"
         after = machine_rates()
         flop_rate = max(*before, *after)  # what the machine reaches: the best way, least disturbed
         log(f"[b {per_round}/round] R, GFLOP/s (this process, {CPUS} of 1 thread): before "
