@@ -17,9 +17,10 @@ each to the actor with the fewest out as actors finish (`ray.wait`).
 Faults. A client actor whose process dies (killed, out of memory, or an injected
 `faults.client_crash`, which exits it on receiving the task) is replaced by a fresh
 one; the client it was running is failed (the first of its call's: an injected crash
-travels alone), and the other clients of its calls run elsewhere. A task that loses the server (its actor died under the
-request) is reported as such, and the pool stops handing out work until the backend
-has the server back (backend.py retries it). Every wait has the `ray.timeout_s` limit.
+travels alone), and the other clients of its calls run elsewhere. A task that loses the
+server (its actor died under the request) is reported as such, and the pool stops
+handing out work until the backend has the server back (backend.py retries it). Every
+wait has the `ray.timeout_s` limit, per client-round of the call waited for.
 """
 
 from __future__ import annotations
