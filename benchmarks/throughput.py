@@ -1,6 +1,6 @@
 """Throughput: what the project costs over plain PyTorch, and how near the machine it gets.
 
-    python benchmarks/throughput.py [--part a,b,c,d,e] [--rounds 3] [--ks 4,8]
+    python benchmarks/throughput.py [--part a,b,c,d,e,f] [--rounds 3] [--ks 4,8]
         [--precisions fp32,bf16] [--threads N] [--registered 1000] [--per-round 100,1000]
         [--workers inline,thread,actor] [key=value ...]
 
@@ -42,6 +42,12 @@
     loop at the same shapes, alternating, --rounds times (best of each). What part (b)
     measures on top of it is the trip through Ray (benchmarks/ray_call.py) and the cores
     the coordinator and Ray's processes take from the actors.
+(f) Calls of several clients against a call per client: one Ray backend on part (b)'s
+    clients, --per-round of them per round, --rounds rounds alternating
+    ray.clients_per_call between 1 and its configured value (8) from round to round, so
+    that both see the same host; no evaluation. Per client-round, the median over each
+    setting's rounds after its first: wall of the clients phase, the fixed cost against R
+    (as in (b), measured before), and CPU by role.
 
 Threads: `--threads` (default: this machine's CPUs) is the torch thread count of this
 process (plain loop, local backend, coordinator and evaluation, R and sgemm). Project runs
@@ -64,6 +70,7 @@ import argparse
 import dataclasses
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -360,10 +367,61 @@ def part_e(args: argparse.Namespace, config: Configure) -> None:
     torch.set_num_threads(args.threads)
 
 
+def part_f(args: argparse.Namespace, config: Configure) -> None:
+    """Calls of several clients against a call per client, alternating on one backend."""
+    register_repeated(args.registered)
+    per_round = args.per_round[0]
+    cfg = config(PART_B + [f"fed.num_clients={args.registered}",
+                           f"fed.clients_per_round={per_round}",
+                           f"data.max_samples={args.registered * SAMPLES_B}",
+                           f"fed.rounds={args.rounds}", f"eval.every={args.rounds + 1}"])
+    client, step_flops = client_steps(cfg, SAMPLES_B)
+    flop_rate = max(rate(client, step_flops),
+                    concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS))
+    sizes = (1, cfg.ray.clients_per_call)
+    world = build_world(cfg)
+    backend = RayBackend(world)
+    seen: dict[int, list[dict]] = {size: [] for size in sizes}
+    inner = backend.run_clients
+
+    def alternating(tasks, global_state):
+        size = backend.pool.clients_per_call = sizes[tasks[0].round % 2]
+        start, cpu_before = time.perf_counter(), cpu_by_role()
+        results = inner(tasks, global_state)
+        wall = time.perf_counter() - start
+        flops = sum(r.client_flops + r.server_flops for r in results)
+        seen[size].append({"wall": wall / len(results),
+                           "fixed": (wall - flops / flop_rate) / len(results),
+                           **{k: (v - cpu_before[k]) / len(results)
+                              for k, v in cpu_by_role().items()}})
+        log(f"[f {per_round}/round] round {tasks[0].round}, {size} per call: "
+            f"{1e3 * seen[size][-1]['wall']:.1f} ms per client-round")
+        return results
+
+    backend.run_clients = alternating
+    try:
+        for _ in run_rounds(world, backend):
+            pass
+    finally:
+        backend.close()
+    medians = {size: {k: statistics.median(r[k] for r in runs[1:]) for k in runs[0]}
+               for size, runs in seen.items()}
+    rows = [{"clients per call": size, "rounds": len(seen[size]) - 1,
+             "wall ms/client-round": f"{1e3 * m['wall']:.2f}",
+             "÷ a call per client": f"{m['wall'] / medians[1]['wall']:.3f}",
+             "fixed ms/client-round": f"{1e3 * m['fixed']:.2f}",
+             "CPU ms/client-round: coordinator, client actors, ray system": ", ".join(
+                 f"{1e3 * m[k]:.1f}" for k in cpu_by_role())}
+            for size, m in medians.items()]
+    print(f"\n(f) {per_round} of {args.registered} clients per round, R "
+          f"{flop_rate / 1e9:.1f} GFLOP/s, median of the rounds after each setting's first\n")
+    print(table(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
-    parser.add_argument("--part", default="a,b,c", help="which of a, b, c to run")
+    parser.add_argument("--part", default="a,b,c", help="which of a, b, c, d, e, f to run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run in (a) and (c)")
     parser.add_argument("--ks", type=ints, default=[4, 8], help="clients per round in (a)")
     parser.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
@@ -383,7 +441,7 @@ def main() -> None:
 
     log(f"{os.cpu_count()} CPUs, {args.threads} torch threads per process, "
         f"load average {os.getloadavg()[0]:.1f}")
-    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}
+    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e, "f": part_f}
     try:
         for name in args.part.split(","):
             parts[name](args, config)
