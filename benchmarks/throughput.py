@@ -422,7 +422,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     parser.add_argument("--part", default="a,b,c", help="which of a, b, c, d, e, f to run")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per run in (a) and (c)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run in (a), (c), (f)")
     parser.add_argument("--ks", type=ints, default=[4, 8], help="clients per round in (a)")
     parser.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
