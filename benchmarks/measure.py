@@ -27,21 +27,26 @@ def log(msg: str) -> None:
 
 class PeakPss:
     """Largest total PSS in MiB of this process and its descendants while inside,
-    sampled every `interval_s` by a niced process of its own (pss.py says why)."""
+    sampled every `interval_s` by a niced process of its own (pss.py says why); an
+    interval of 0 samples nothing (peak NaN): a sample walks the page tables of every
+    process in the tree, which costs the measured run time when it holds much memory."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.peak, self.interval_s = math.nan, interval_s
+        self._sampler: subprocess.Popen | None = None
 
     def __enter__(self) -> PeakPss:
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pss.py")
-        self._sampler = subprocess.Popen(
-            [sys.executable, script, str(os.getpid()), str(self.interval_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.interval_s > 0:
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pss.py")
+            self._sampler = subprocess.Popen(
+                [sys.executable, script, str(os.getpid()), str(self.interval_s)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc) -> None:
-        out, _ = self._sampler.communicate("")  # closing its stdin ends it
-        self.peak = int(out) / MIB
+        if self._sampler is not None:
+            out, _ = self._sampler.communicate("")  # closing its stdin ends it
+            self.peak = int(out) / MIB
 
 
 def cpu_by_role() -> dict[str, float]:

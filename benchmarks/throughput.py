@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--part a,b,c,d,e,f] [--rounds 3] [--ks 4,8]
         [--precisions fp32,bf16] [--threads N] [--registered 1000] [--per-round 100,1000]
-        [--workers inline,thread,actor] [key=value ...]
+        [--workers inline,thread,actor] [--pss-interval 1] [key=value ...]
 
 (a) Federated prompt tuning (fl_prompt: the frozen DINOv2 ViT-S/14 at 56 px on the client,
     prompts + classifier train, no probe norm): 10 IID clients of 400 MNIST digits, K per
@@ -60,8 +60,9 @@ scheduler has preempted): the load average is printed first, and --threads 1 is 
 setting for such a host.
 Memory: the largest PSS (shared pages split among the processes that map them) of this
 process and all its descendants (Ray's gcs, raylet, workers and actors), sampled every
-second of each run. One Ray instance serves every run, so idle workers left by earlier
-runs are counted. key=value overrides apply to every run, after the part's own.
+second of each run (--pss-interval; 0 samples nothing: a sample walks the page tables of
+the whole tree, a cost that grows with the memory a round holds and that the run pays).
+One Ray instance serves every run, so idle workers left by earlier runs are counted. key=value overrides apply to every run, after the part's own.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ PART_B = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_
           "profiles.tier=flagship_phone", "eval.max_samples=200", "fed.rounds=2",
           f"ray.num_client_actors={CPUS}"]
 SAMPLES_B = 8  # per client in part (b)
+PSS_INTERVAL_S = 1.0  # --pss-interval
 Configure = Callable[[list[str]], Config]
 
 
@@ -111,7 +113,7 @@ def project_run(cfg: Config, kind: str, tag: str) -> dict:
     world = build_world(cfg)
     clients: dict[int, float] = {}
     cpu: dict[int, dict[str, float]] = {}  # per round: CPU s of each role in the clients phase
-    with PeakPss() as pss:
+    with PeakPss(PSS_INTERVAL_S) as pss:
         start = time.perf_counter()
         backend = RayBackend(world) if kind == "ray" else LocalBackend(world)
         startup = time.perf_counter() - start
@@ -152,7 +154,7 @@ def plain_run(cfg: Config, tag: str) -> dict:
     names = [n for n, p in params.items() if p.requires_grad]  # prompts + classifier
     state = {n: params[n].detach().clone() for n in names}
     walls, accuracy = [], []
-    with PeakPss() as pss:
+    with PeakPss(PSS_INTERVAL_S) as pss:
         for round_ in range(1, cfg.fed.rounds + 1):
             start = time.perf_counter()
             chosen = [c for c in sample_clients(cfg, round_)
@@ -430,8 +432,12 @@ def main() -> None:
     parser.add_argument("--per-round", type=ints, default=[100, 1000], help="in (b)")
     parser.add_argument("--workers", type=lambda s: s.split(","),
                         default=["inline", "thread", "actor"], help="eval.worker in (d)")
+    parser.add_argument("--pss-interval", type=float, default=PSS_INTERVAL_S,
+                        help="seconds between PSS samples of a run's process tree; 0: none")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
+    global PSS_INTERVAL_S
+    PSS_INTERVAL_S = args.pss_interval
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
