@@ -421,6 +421,7 @@ def part_f(args: argparse.Namespace, config: Configure) -> None:
 
 
 def main() -> None:
+    global PSS_INTERVAL_S
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     parser.add_argument("--part", default="a,b,c", help="which of a, b, c, d, e, f to run")
@@ -436,7 +437,6 @@ def main() -> None:
                         help="seconds between PSS samples of a run's process tree; 0: none")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
-    global PSS_INTERVAL_S
     PSS_INTERVAL_S = args.pss_interval
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
