@@ -44,8 +44,9 @@
     the coordinator and Ray's processes take from the actors.
 (f) Calls of several clients against a call per client: one Ray backend on part (b)'s
     clients, --per-round of them per round, --rounds rounds alternating
-    ray.clients_per_call between 1 and its configured value (8) from round to round, so
-    that both see the same host; no evaluation. Per client-round, the median over each
+    ray.clients_per_call between 1 and its configured value (8) in the order A B B A A B
+    B ..., so that both see the same host, and neither always follows the other; no
+    evaluation. Per client-round, the median over each
     setting's rounds after its first: wall of the clients phase, the fixed cost against R
     (as in (b), measured before), and CPU by role.
 
@@ -387,7 +388,8 @@ def part_f(args: argparse.Namespace, config: Configure) -> None:
     inner = backend.run_clients
 
     def alternating(tasks, global_state):
-        size = backend.pool.clients_per_call = sizes[tasks[0].round % 2]
+        # A B B A A B B ...: order and a steady drift of the host weigh on both alike.
+        size = backend.pool.clients_per_call = sizes[tasks[0].round // 2 % 2]
         start, cpu_before = time.perf_counter(), cpu_by_role()
         results = inner(tasks, global_state)
         wall = time.perf_counter() - start
