@@ -63,7 +63,8 @@ Memory: the largest PSS (shared pages split among the processes that map them) o
 process and all its descendants (Ray's gcs, raylet, workers and actors), sampled every
 second of each run (--pss-interval; 0 samples nothing: a sample walks the page tables of
 the whole tree, a cost that grows with the memory a round holds and that the run pays).
-One Ray instance serves every run, so idle workers left by earlier runs are counted. key=value overrides apply to every run, after the part's own.
+One Ray instance serves every run, so idle workers left by earlier runs are counted.
+key=value overrides apply to every run, after the part's own.
 """
 
 from __future__ import annotations

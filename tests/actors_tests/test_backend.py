@@ -48,11 +48,13 @@ def test_ray_runs_equal_the_local_reference_bit_for_bit(ray_instance, tmp_path, 
     # it: as many as two runs of the tiny run's two), a call per client. With the body
     # in the client actors, one actor computes its own clients' body steps, and a round's
     # 4 clients go to it in calls of 2, 1 and 1 (two calls out at once: next_call).
-    for name, backend, body, pool in (("local", "local", "auto", 2), ("ray1", "ray", "server", 2),
+    for name, backend, body, pool in (("local", "local", "auto", 2),
+                                      ("ray1", "ray", "server", 2),
                                       ("ray2", "ray", "clients", 1)):
         cfg = load_config(None, tiny + [f"run.out_dir={tmp_path}", f"run.run_id={name}",
-                                        f"run.backend={backend}", f"ray.num_client_actors={pool}",
-                                        "run.threads=1", f"ray.body={body}", "fed.rounds=4"])
+                                        f"run.backend={backend}",
+                                        f"ray.num_client_actors={pool}", "run.threads=1",
+                                        f"ray.body={body}", "fed.rounds=4"])
         with on_client_done(lambda *call, name=name: settled.setdefault(name, []).append(call)):
             dirs[name] = run_experiment(cfg, make_backend=factory)
     local, reference = read_rounds(dirs["local"]), read_clients(dirs["local"])
@@ -227,7 +229,7 @@ def test_calls_take_their_share_of_what_is_left_and_a_crash_travels_alone():
     sizes = []
     while queue:
         sizes.append(len(next_call(queue, 4, 3)))  # 4 calls out, at most 3 clients each
-    # ceil(left / 4), at most 3: 3 while 9 or more are left, then 2, 1, 1, 1.
+    # ceil(left / 4), at most 3: 3 while more than 8 are left, then 2, 2, 1, 1, 1, 1.
     assert sizes == [3, 3, 3, 3, 2, 2, 1, 1, 1, 1]
     queue = _tasks(False, False, True, False, False, False)
     calls = [[t.client for t in next_call(queue, 1, 8)] for _ in range(3)]
