@@ -253,7 +253,9 @@ def part_a(args: argparse.Namespace, config: Configure) -> None:
 
 def register_repeated(registered: int) -> None:
     """Part (b)'s dataset: MNIST's 4,000 training digits repeated to `registered` clients
-    of SAMPLES_B, registered in this process only."""
+    of SAMPLES_B, registered in this process only, once (parts b, e, f all use it)."""
+    if "mnist_repeated" in DATASETS:
+        return
     repeats = math.ceil(registered * SAMPLES_B / 4000)
 
     @register_dataset("mnist_repeated")
@@ -263,13 +265,18 @@ def register_repeated(registered: int) -> None:
                                    train_labels=base.train_labels.repeat(repeats))
 
 
-def part_b(args: argparse.Namespace, config: Configure) -> None:
+def cross_device(args: argparse.Namespace, config: Configure, *more: str) -> Config:
+    """Part (b)'s setting (its dataset registered): --registered clients of SAMPLES_B
+    digits, and `more` overrides."""
     register_repeated(args.registered)
+    return config(PART_B + [f"fed.num_clients={args.registered}",
+                            f"data.max_samples={args.registered * SAMPLES_B}", *more])
+
+
+def part_b(args: argparse.Namespace, config: Configure) -> None:
     rows = []
     for per_round in args.per_round:
-        cfg = config(PART_B + [f"fed.num_clients={args.registered}",
-                               f"fed.clients_per_round={per_round}",
-                               f"data.max_samples={args.registered * SAMPLES_B}"])
+        cfg = cross_device(args, config, f"fed.clients_per_round={per_round}")
         client, step_flops = client_steps(cfg, SAMPLES_B)
         def machine_rates() -> tuple[float, float]:  # this process; one 1-thread process per CPU
             return rate(client, step_flops), concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS)
@@ -339,10 +346,8 @@ def part_d(args: argparse.Namespace, config: Configure) -> None:
 def part_e(args: argparse.Namespace, config: Configure) -> None:
     """The fixed cost inside a client's round, in one process at 1 thread: the local
     backend's rounds of part (b)'s clients against client_steps, alternating."""
-    register_repeated(args.registered)
     torch.set_num_threads(1)
-    cfg = config(PART_B + [f"fed.num_clients={args.registered}", "run.threads=1",
-                           f"data.max_samples={args.registered * SAMPLES_B}"])
+    cfg = cross_device(args, config, "run.threads=1")
     world = build_world(cfg)
     backend = LocalBackend(world)
     state = initial_progress(world).global_state
@@ -373,12 +378,11 @@ def part_e(args: argparse.Namespace, config: Configure) -> None:
 
 def part_f(args: argparse.Namespace, config: Configure) -> None:
     """Calls of several clients against a call per client, alternating on one backend."""
-    register_repeated(args.registered)
+    if args.rounds < 4:  # A B B A: each setting's first round is a warm-up
+        raise SystemExit("--part f needs --rounds 4 or more")
     per_round = args.per_round[0]
-    cfg = config(PART_B + [f"fed.num_clients={args.registered}",
-                           f"fed.clients_per_round={per_round}",
-                           f"data.max_samples={args.registered * SAMPLES_B}",
-                           f"fed.rounds={args.rounds}", f"eval.every={args.rounds + 1}"])
+    cfg = cross_device(args, config, f"fed.clients_per_round={per_round}",
+                       f"fed.rounds={args.rounds}", f"eval.every={args.rounds + 1}")
     client, step_flops = client_steps(cfg, SAMPLES_B)
     flop_rate = max(rate(client, step_flops),
                     concurrent_rate(client_steps, (cfg, SAMPLES_B), CPUS))
