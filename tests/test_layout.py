@@ -5,11 +5,14 @@ every room imports only rooms below it."""
 
 import ast
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from sfprompt.platform.model.cuda_pages import cuda_library_ranges, page_out_cuda_libraries
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("platform", "actors", "studies", "results", "sfprompt")
@@ -101,6 +104,51 @@ def test_without_a_gpu_triton_stays_unloaded_and_flops_are_still_counted():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", str(2 * 3 * 4 * 5)]
     assert "triton" not in done.stderr  # torch's warning that it cannot count its kernels
+
+
+def test_cuda_library_mappings_are_picked_from_a_maps_text():
+    maps = ("7f00-7f10 r--p 00000000 08:01 11 /v/site-packages/nvidia/cu13/lib/libcublasLt.so.13\n"
+            "7f10-7f20 r-xp 00010000 08:01 11 /v/site-packages/nvidia/cu13/lib/libcublasLt.so.13\n"
+            "7f20-7f30 r-xp 00000000 08:01 12 /v/site-packages/torch/lib/libtorch_cuda.so\n"
+            "7f30-7f40 r-xp 00000000 08:01 13 /v/site-packages/torch/lib/libc10_cuda.so\n"
+            "7f40-7f50 r-xp 00000000 08:01 14 /v/site-packages/torch/lib/libtorch_cpu.so\n"
+            "7f50-7f60 r-xp 00000000 08:01 15 /usr/lib/x86_64-linux-gnu/libcurl.so.4\n"
+            "7f60-7f70 rw-p 00000000 00:00 0 \n"
+            "7f70-7f80 r--p 00000000 08:01 16 /data/nvidia/notes.txt\n")
+    assert cuda_library_ranges(maps) == [(0x7f00, 0x7f10), (0x7f10, 0x7f20), (0x7f20, 0x7f30),
+                                         (0x7f30, 0x7f40)]
+
+
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists() or sys.platform != "linux",
+                    reason="a GPU machine keeps its CUDA libraries; /proc is Linux's")
+def test_without_a_gpu_no_cuda_library_page_stays_private_and_torch_computes_the_same():
+    page_out_cuda_libraries()  # this process's own, so the child's pages are its alone
+    done = _python("import sfprompt, torch, json\n"
+                   "from sfprompt.platform.model.cuda_pages import CUDA_LIBRARY, "
+                   "page_out_cuda_libraries\n"
+                   "def private_clean():\n"
+                   "    kib, cuda = 0, False\n"
+                   "    for line in open('/proc/self/smaps'):\n"
+                   "        f = line.split()\n"
+                   "        if not f[0].endswith(':'):\n"
+                   "            cuda = len(f) > 5 and bool(CUDA_LIBRARY.search(f[-1]))\n"
+                   "        elif cuda and f[0] == 'Private_Clean:':\n"
+                   "            kib += int(f[1])\n"
+                   "    return kib\n"
+                   "x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))\n"
+                   "before, y = private_clean(), x @ x\n"
+                   "ranges = page_out_cuda_libraries()\n"
+                   "print(json.dumps([before, private_clean(), ranges,"
+                   " page_out_cuda_libraries(), torch.equal(x @ x, y)]))")
+    assert done.returncode == 0, done.stderr
+    before, after, ranges, again, same = json.loads(done.stdout)
+    if not ranges:
+        pytest.skip("this torch build loads no CUDA library")
+    # KiB. Before: pages the child alone maps (a process still holding the CUDA
+    # libraries' pages without having let them go would share, and shrink, them).
+    assert before > 10 * 1024, "another process maps the CUDA libraries' pages"
+    assert after < 1024  # the kernel reclaimed them
+    assert again == 0 and same  # once per process; nothing torch computes changed
 
 
 def test_no_code_folder_has_an_init_file():

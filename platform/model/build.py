@@ -2,7 +2,9 @@
 
 The coordinator, the server actor, client and evaluation actors, the cost model and
 the feasibility check of studies all call `build_split`: same seed, same weights, the
-same trainable set, so no model needs to travel between processes.
+same trainable set, so no model needs to travel between processes. Being the one call
+every computing process makes after importing torch, it also lets the CUDA libraries'
+pages go where there is no GPU (cuda_pages.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from sfprompt.platform.config.schema import Config
 from sfprompt.platform.method.registry import METHODS, prompt_length
 from sfprompt.platform.method.trainable import set_trainable
+from sfprompt.platform.model.cuda_pages import page_out_cuda_libraries
 from sfprompt.platform.model.plans import reference_split
 from sfprompt.platform.model.split import (SplitModel, add_probe_norm, classifier_names,
                                            split_vit)
@@ -22,6 +25,7 @@ from sfprompt.platform.model.weights import create_vit
 def build_split(cfg: Config, num_classes: int) -> tuple[SplitModel, dict]:
     """The split model with the method's trainable set; same seed => same initial state
     in every process (classifier and prompt init draw from the seeded torch RNG)."""
+    page_out_cuda_libraries()
     torch.manual_seed(cfg.run.seed)
     vit = create_vit(cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
                      weights=cfg.model.weights)

@@ -334,6 +334,8 @@ def test_stale_updates_are_rebased_onto_the_global_state(staleness, round2, roun
     assert (by_client[2]["staleness"], by_client[2]["sim.start_seconds"],
             by_client[2]["sim.finish_seconds"], by_client[2]["sim.idle_seconds"]) == (1, -2.0, 3.0, 0.0)
     assert (by_client[0]["staleness"], by_client[0]["sim.start_seconds"]) == (0, 0.0)
+    # An arrival's upload is let go once aggregated; those still training keep theirs.
+    assert all(o.result.state == {} for _, outcomes in out for o in outcomes)
 
 
 def test_equal_concurrency_and_buffer_make_the_synchronous_round():
