@@ -1,7 +1,7 @@
 """Where a run's memory goes: the peak PSS of the whole process tree of a command, and
 each process's own peak PSS and USS (memory no other process shares).
 
-    python benchmarks/memory.py                      the default run, 1 round (Ray)
+    python benchmarks/memory.py                      the default run (Ray, 5 rounds)
     python benchmarks/memory.py -- sfprompt run fed.rounds=2 run.backend=local
 
 This process runs the command and samples its tree every `--interval` seconds at the
@@ -37,11 +37,11 @@ def _title(proc: psutil.Process) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=2.0)
-    parser.add_argument("command", nargs="*", help="default: sfprompt run fed.rounds=1")
+    parser.add_argument("command", nargs="*", help="default: sfprompt run (the default run)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         command = args.command or [os.path.join(os.path.dirname(sys.executable), "sfprompt"),
-                                   "run", "fed.rounds=1", f"run.out_dir={out}"]
+                                   "run", f"run.out_dir={out}"]
         os.nice(19)
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         root, peak, by_pid = psutil.Process(child.pid), 0, {}
