@@ -46,9 +46,9 @@
     clients, --per-round of them per round, --rounds rounds alternating
     ray.clients_per_call between 1 and its configured value (8) in the order A B B A A B
     B ..., so that both see the same host, and neither always follows the other; no
-    evaluation. Per client-round, the median over each
-    setting's rounds after its first: wall of the clients phase, the fixed cost against R
-    (as in (b), measured before), and CPU by role.
+    evaluation. Per client-round, the median over each setting's rounds after its first:
+    wall of the clients phase, the fixed cost against R (as in (b), measured before), and
+    CPU by role.
 
 Threads: `--threads` (default: this machine's CPUs) is the torch thread count of this
 process (plain loop, local backend, coordinator and evaluation, R and sgemm). Project runs
