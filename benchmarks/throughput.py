@@ -9,12 +9,17 @@
     round, 1 epoch of Adam (lr 3e-3) at batch 32, the whole 1,000-digit test set every round.
     (The bundled MNIST has 5,000 digits; data.test_fraction = 0.2 holds out 1,000 and leaves
     4,000. data.max_samples subsamples only the training part, so it stays 0 = all.) For
-    each precision and K, runs plain, local, ray in turn in one process. "plain" is a loop
+    each precision and K, runs plain, local and ray in one process, a round of each in
+    turn, the order reversed every round (plain local ray ray local plain plain ...), so
+    that all three see the same host: on this shared host a round moves by a fifth
+    between minutes, more than the differences measured. The Ray backend's actors idle
+    through the others' rounds (their CPU is printed). "plain" is a loop
     of its own doing the same arithmetic: the project's model, client sampling and
     availability draws, shards and shuffle seeds, a fresh Adam per client and round, FedAvg
     by samples, evaluation under no_grad (bf16: torch.autocast around forward, like
     `run.precision=bf16`); no Link copies, FLOP counting, clock or Ray. Reports seconds per
-    round, round 1 and steady state (mean of rounds >= 2), each divided by plain's.
+    round, round 1 and steady state (mean of rounds >= 2), each divided by plain's. No
+    memory is sampled here: the three runs are alive at once.
 (b) Cross-device: vit_tiny at 32 px (random weights), 1,000 registered clients of 8 digits
     (the training digits repeated as needed, in this process only), 100 and 1,000 per round,
     the default method (sfprompt), flagship-phone profiles, eval.max_samples=200, 2 rounds
@@ -32,8 +37,10 @@
     after. What is left is the cost that does not scale with FLOPs: batching, copies,
     accounting, messages, Ray, and cores left idle.
 (c) The default run (all defaults, ray, --rounds rounds): counted client + server FLOPs per
-    second of round wall and of clients phase, steady state, against the fp32 sgemm rate
-    of torch.mm on 2048 x 2048 measured in the same run.
+    second of round wall and of clients phase, per round and steady state, against the
+    fp32 sgemm rate of torch.mm on 2048 x 2048 measured in the same run: before the first
+    round and after each (3 s each, outside the rounds' walls), a round set against the
+    mean of the two measurements beside it.
 (d) Evaluation off the critical path: the default run (ray) with each `eval.worker` in
     turn, seconds per round over the whole run (start-up excluded) and round 1, each
     divided by inline's, with the peak PSS.
@@ -61,7 +68,7 @@ scheduler has preempted): the load average is printed first, and --threads 1 is 
 setting for such a host.
 Memory: the largest PSS (shared pages split among the processes that map them) of this
 process and all its descendants (Ray's gcs, raylet, workers and actors), sampled every
-second of each run (--pss-interval; 0 samples nothing: a sample walks the page tables of
+second of each run of (b), (c) and (d) (--pss-interval; 0 samples nothing: a sample walks the page tables of
 the whole tree, a cost that grows with the memory a round holds and that the run pays).
 One Ray instance serves every run, so idle workers left by earlier runs are counted.
 key=value overrides apply to every run, after the part's own.
@@ -75,7 +82,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import ray
 import torch
@@ -106,47 +113,53 @@ PART_B = ["model.name=vit_tiny_patch16_224", "model.weights=random", "model.img_
           "profiles.tier=flagship_phone", "eval.max_samples=200", "fed.rounds=2",
           f"ray.num_client_actors={CPUS}"]
 SAMPLES_B = 8  # per client in part (b)
-PSS_INTERVAL_S = 1.0  # --pss-interval
 Configure = Callable[[list[str]], Config]
 
 
-def project_run(cfg: Config, kind: str, tag: str) -> dict:
-    """One run through run_rounds; per round: wall, clients-phase seconds, row."""
+def project_rounds(cfg: Config, kind: str, tag: str, pss_interval: float) -> Iterator[dict]:
+    """One run through run_rounds, yielding its record after each round (the same dict,
+    grown): per round the wall, clients-phase seconds, CPU by role and row."""
     world = build_world(cfg)
-    clients: dict[int, float] = {}
-    cpu: dict[int, dict[str, float]] = {}  # per round: CPU s of each role in the clients phase
-    with PeakPss(PSS_INTERVAL_S) as pss:
+    r = {"kind": kind, "walls": [], "clients": [], "cpu": [], "rows": [], "accuracy": []}
+    with PeakPss(pss_interval) as pss:
         start = time.perf_counter()
         backend = RayBackend(world) if kind == "ray" else LocalBackend(world)
-        startup = time.perf_counter() - start
+        r["startup"] = time.perf_counter() - start
         start = time.perf_counter()
 
         def timed(tasks, global_state, inner=backend.run_clients):  # without evaluation
             begin, cpu_before = time.perf_counter(), cpu_by_role()
             results = inner(tasks, global_state)
-            clients[tasks[0].round] = time.perf_counter() - begin
-            cpu[tasks[0].round] = {k: v - cpu_before[k] for k, v in cpu_by_role().items()}
+            r["clients"].append(time.perf_counter() - begin)
+            r["cpu"].append({k: v - cpu_before[k] for k, v in cpu_by_role().items()})
             return results
 
         backend.run_clients = timed
-        rows = []
         try:
             for row, _ in run_rounds(world, backend):
-                rows.append(row)
+                r["rows"].append(row)
+                r["walls"].append(row["wall_seconds"])
+                r["accuracy"].append(row["accuracy"])
                 log(f"[{tag} {kind}] round {row['round']}: {row['wall_seconds']:.1f} s (clients "
-                    f"{clients.get(row['round'], 0.0):.1f} s), accuracy {row['accuracy']:.4f}")
+                    f"{r['clients'][-1]:.1f} s), accuracy {row['accuracy']:.4f}")
+                # Time between rounds (another run's round, a measurement) is in no wall.
+                r["total"] = time.perf_counter() - start
+                yield r
+                start = time.perf_counter() - r["total"]
         finally:
             if kind == "ray":
                 backend.close()
-    return {"kind": kind, "startup": startup, "total": time.perf_counter() - start,
-            "walls": [r["wall_seconds"] for r in rows],
-            "clients": [clients.get(r["round"], 0.0) for r in rows], "rows": rows,
-            "cpu": [cpu.get(r["round"], {}) for r in rows],
-            "accuracy": [r["accuracy"] for r in rows], "pss": pss.peak}
+    r["pss"] = pss.peak
 
 
-def plain_run(cfg: Config, tag: str) -> dict:
-    """fl_prompt's arithmetic in a plain loop (module doc, part a)."""
+def project_run(cfg: Config, kind: str, tag: str, pss_interval: float) -> dict:
+    """project_rounds run to the end."""
+    return last(project_rounds(cfg, kind, tag, pss_interval))
+
+
+def plain_rounds(cfg: Config, tag: str) -> Iterator[dict]:
+    """fl_prompt's arithmetic in a plain loop (module doc, part a), yielding its record
+    after each round, as project_rounds does."""
     world = build_world(cfg)
     data, model = world.data, world.split
     train = ClientWorker(model, data.train_images, data.train_labels, **world.norm)
@@ -155,44 +168,51 @@ def plain_run(cfg: Config, tag: str) -> dict:
     params = dict(model.client().named_parameters())
     names = [n for n, p in params.items() if p.requires_grad]  # prompts + classifier
     state = {n: params[n].detach().clone() for n in names}
-    walls, accuracy = [], []
-    with PeakPss(PSS_INTERVAL_S) as pss:
-        for round_ in range(1, cfg.fed.rounds + 1):
-            start = time.perf_counter()
-            chosen = [c for c in sample_clients(cfg, round_)
-                      if is_online(cfg.run.seed, round_, c, world.profiles[c].availability)]
-            states, weights = [], []
-            for c in chosen:
-                with torch.no_grad():
-                    for n in names:
-                        params[n].copy_(state[n])
-                optimizer = torch.optim.Adam(
-                    [{"params": [params["head.prompts"]], "lr": cfg.train.prompt_lr},
-                     {"params": [params[n] for n in names if n != "head.prompts"],
-                      "lr": cfg.train.lr}], weight_decay=cfg.train.weight_decay)
-                generator = torch.Generator().manual_seed(client_seed(cfg.run.seed, round_, c))
-                for _ in range(cfg.train.split_epochs):
-                    for x, y in train.batches(world.shards[c], cfg.train.batch_size, generator):
-                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                            loss = F.cross_entropy(model.forward(x), y)
-                        loss.backward()
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                states.append({n: params[n].detach().clone() for n in names})
-                weights.append(len(world.shards[c]))
-            total = sum(weights)
-            state = {n: sum(s[n].double() * (w / total) for s, w in zip(states, weights)).float()
-                     for n in names}
-            correct, everything = 0, torch.arange(len(data.test_labels))
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    r = {"kind": "plain", "walls": [], "cpu": [], "accuracy": []}
+    for round_ in range(1, cfg.fed.rounds + 1):
+        start, cpu_before = time.perf_counter(), cpu_by_role()
+        chosen = [c for c in sample_clients(cfg, round_)
+                  if is_online(cfg.run.seed, round_, c, world.profiles[c].availability)]
+        states, weights = [], []
+        for c in chosen:
+            with torch.no_grad():
                 for n in names:
                     params[n].copy_(state[n])
-                for x, y in test.batches(everything, cfg.train.eval_batch_size):
-                    correct += (model.forward(x).argmax(dim=1) == y).sum().item()
-            walls.append(time.perf_counter() - start)
-            accuracy.append(correct / len(everything))
-            log(f"[{tag} plain] round {round_}: {walls[-1]:.1f} s, accuracy {accuracy[-1]:.4f}")
-    return {"kind": "plain", "walls": walls, "accuracy": accuracy, "pss": pss.peak}
+            optimizer = torch.optim.Adam(
+                [{"params": [params["head.prompts"]], "lr": cfg.train.prompt_lr},
+                 {"params": [params[n] for n in names if n != "head.prompts"],
+                  "lr": cfg.train.lr}], weight_decay=cfg.train.weight_decay)
+            generator = torch.Generator().manual_seed(client_seed(cfg.run.seed, round_, c))
+            for _ in range(cfg.train.split_epochs):
+                for x, y in train.batches(world.shards[c], cfg.train.batch_size, generator):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        loss = F.cross_entropy(model.forward(x), y)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            states.append({n: params[n].detach().clone() for n in names})
+            weights.append(len(world.shards[c]))
+        total = sum(weights)
+        state = {n: sum(s[n].double() * (w / total) for s, w in zip(states, weights)).float()
+                 for n in names}
+        correct, everything = 0, torch.arange(len(data.test_labels))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for n in names:
+                params[n].copy_(state[n])
+            for x, y in test.batches(everything, cfg.train.eval_batch_size):
+                correct += (model.forward(x).argmax(dim=1) == y).sum().item()
+        r["walls"].append(time.perf_counter() - start)
+        r["cpu"].append({k: v - cpu_before[k] for k, v in cpu_by_role().items()})
+        r["accuracy"].append(correct / len(everything))
+        log(f"[{tag} plain] round {round_}: {r['walls'][-1]:.1f} s, accuracy {r['accuracy'][-1]:.4f}")
+        yield r
+
+
+def last(records: Iterator[dict]) -> dict:
+    """The last record a run yields: the whole run's."""
+    for r in records:
+        pass
+    return r
 
 
 def client_steps(cfg: Config, samples: int) -> tuple[Callable[[], None], int]:
@@ -234,10 +254,12 @@ def part_a(args: argparse.Namespace, config: Configure) -> None:
         for k in args.ks:
             cfg = config(PART_A + [f"fed.clients_per_round={k}", f"run.precision={precision}"])
             tag = f"a {precision} K={k}"
-            runs = {"plain": plain_run(cfg, tag), "local": project_run(cfg, "local", tag),
-                    "ray": project_run(cfg, "ray", tag)}
+            runs = interleaved({"plain": plain_rounds(cfg, tag),
+                                "local": project_rounds(cfg, "local", tag, 0),
+                                "ray": project_rounds(cfg, "ray", tag, 0)})
             first, later = runs["plain"]["walls"][0], steady(runs["plain"]["walls"])
             for kind, r in runs.items():
+                actors_cpu = steady([c["client actors"] for c in r["cpu"]])
                 rows.append({"precision": precision, "K": k, "run": kind,
                              "round 1 s": f"{r['walls'][0]:.2f}",
                              "steady s/round": f"{steady(r['walls']):.2f}",
@@ -245,10 +267,27 @@ def part_a(args: argparse.Namespace, config: Configure) -> None:
                              "steady ÷ plain": f"{steady(r['walls']) / later:.3f}",
                              "accuracy by round": "/".join(f"{a:.4f}" for a in r["accuracy"]),
                              "ray start-up s": f"{r['startup']:.1f}" if kind == "ray" else "-",
-                             "peak PSS MiB": f"{r['pss']:.0f}"})
+                             "client actors' CPU s/round": f"{actors_cpu:.2f}"})
     print(f"\n(a) fl_prompt, {cfg.model.name} at {cfg.model.img_size} px, "
           f"{cfg.fed.num_clients} IID clients, s/round\n")
     print(table(rows))
+
+
+def interleaved(runs: dict[str, Iterator[dict]]) -> dict[str, dict]:
+    """Each run's record, the runs advanced a round at a time in turn, in the order given
+    on odd rounds and the reverse on even ones (A B C C B A A B C ...), so that every run
+    sees the same host and none always follows another."""
+    records: dict[str, dict] = {}
+    order = list(runs)
+    while runs:
+        for name in order:
+            if name in runs:
+                try:
+                    records[name] = next(runs[name])
+                except StopIteration:
+                    del runs[name]
+        order.reverse()
+    return records
 
 
 def register_repeated(registered: int) -> None:
@@ -283,10 +322,10 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
 
         before = machine_rates()
         tag = f"b {per_round}/round"
-        runs = [project_run(cfg, kind, tag) for kind in ("local", "ray")]
+        runs = [project_run(cfg, kind, tag, args.pss_interval) for kind in ("local", "ray")]
         # Beside it, the Ray backend as it was before calls of several clients.
         one = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, clients_per_call=1))
-        runs.append(project_run(one, "ray", f"{tag}, 1 per call"))
+        runs.append(project_run(one, "ray", f"{tag}, 1 per call", args.pss_interval))
         runs[-1]["kind"] = "ray, a call per client"
         after = machine_rates()
         flop_rate = max(*before, *after)  # what the machine reaches: the best way, least disturbed
@@ -315,23 +354,40 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
 
 
 def part_c(args: argparse.Namespace, config: Configure) -> None:
-    r = project_run(config([]), "ray", "c default")
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    peak = rate(lambda: torch.mm(a, b), 2 * 2048**3)
-    work = [row["flops.client"] + row["flops.server"] for row in r["rows"]]
-    per_wall = steady([w / s for w, s in zip(work, r["walls"])])
-    per_clients = steady([w / s for w, s in zip(work, r["clients"])])
-    print("\n(c) default run (ray), counted client + server FLOPs, steady state\n")
-    print(table([{"GFLOP/s of round wall": f"{per_wall / 1e9:.2f}",
-                  "GFLOP/s of clients phase": f"{per_clients / 1e9:.2f}",
-                  "sgemm GFLOP/s": f"{peak / 1e9:.1f}",
-                  "% of sgemm, wall": f"{100 * per_wall / peak:.1f}",
-                  "% of sgemm, clients phase": f"{100 * per_clients / peak:.1f}",
-                  "ray start-up s": f"{r['startup']:.1f}", "peak PSS MiB": f"{r['pss']:.0f}"}]))
+
+    def sgemm() -> float:
+        return rate(lambda: torch.mm(a, b), 2 * 2048**3)
+
+    # The sgemm rate before the run and after each round (outside its wall): a round is
+    # set against the mean of the two beside it, so a drift of the host weighs on both.
+    peaks, rows = [sgemm()], []
+    for r in project_rounds(config([]), "ray", "c default", args.pss_interval):
+        peaks.append(sgemm())
+        row = r["rows"][-1]
+        work = row["flops.client"] + row["flops.server"]
+        peak = (peaks[-2] + peaks[-1]) / 2
+        rows.append({"round": row["round"], "wall s": f"{r['walls'][-1]:.1f}",
+                     "clients phase s": f"{r['clients'][-1]:.1f}",
+                     "counted GFLOP": f"{work / 1e9:.0f}",
+                     "GFLOP/s of wall": f"{work / r['walls'][-1] / 1e9:.2f}",
+                     "sgemm GFLOP/s before/after": f"{peaks[-2] / 1e9:.1f}/{peaks[-1] / 1e9:.1f}",
+                     "% of sgemm, wall": 100 * work / r["walls"][-1] / peak,
+                     "% of sgemm, clients phase": 100 * work / r["clients"][-1] / peak})
+    steady_row = {k: f"{steady([row[k] for row in rows]):.1f}"
+                  for k in ("% of sgemm, wall", "% of sgemm, clients phase")}
+    for row in rows:
+        for k in steady_row:
+            row[k] = f"{row[k]:.1f}"
+    rows.append({**dict.fromkeys(rows[0], ""), "round": "steady (rounds >= 2)", **steady_row})
+    print(f"\n(c) default run (ray), counted client + server FLOPs; ray start-up "
+          f"{r['startup']:.1f} s, peak PSS {r['pss']:.0f} MiB\n")
+    print(table(rows))
 
 
 def part_d(args: argparse.Namespace, config: Configure) -> None:
-    runs = {w: project_run(config([f"eval.worker={w}"]), "ray", f"d {w}") for w in args.workers}
+    runs = {w: project_run(config([f"eval.worker={w}"]), "ray", f"d {w}", args.pss_interval)
+            for w in args.workers}
     base = runs[args.workers[0]]
     rows = [{"eval.worker": w, "s/round": f"{r['total'] / len(r['walls']):.2f}",
              "round 1 s": f"{r['walls'][0]:.2f}",
@@ -428,7 +484,6 @@ def part_f(args: argparse.Namespace, config: Configure) -> None:
 
 
 def main() -> None:
-    global PSS_INTERVAL_S
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     parser.add_argument("--part", default="a,b,c", help="which of a, b, c, d, e, f to run")
@@ -440,11 +495,10 @@ def main() -> None:
     parser.add_argument("--per-round", type=ints, default=[100, 1000], help="in (b)")
     parser.add_argument("--workers", type=lambda s: s.split(","),
                         default=["inline", "thread", "actor"], help="eval.worker in (d)")
-    parser.add_argument("--pss-interval", type=float, default=PSS_INTERVAL_S,
+    parser.add_argument("--pss-interval", type=float, default=1.0,
                         help="seconds between PSS samples of a run's process tree; 0: none")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
-    PSS_INTERVAL_S = args.pss_interval
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
