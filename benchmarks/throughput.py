@@ -40,7 +40,9 @@
     second of round wall and of clients phase, per round and steady state, against the
     fp32 sgemm rate of torch.mm on 2048 x 2048 measured in the same run: before the first
     round and after each (3 s each, outside the rounds' walls), a round set against the
-    mean of the two measurements beside it.
+    mean of the two measurements beside it. Beside it, the same FLOPs against R, the rate
+    of a plain loop of one client's steps (as in (b)) at the run's mean shard, measured
+    before and after the run: what these shapes reach with no platform around them.
 (d) Evaluation off the critical path: the default run (ray) with each `eval.worker` in
     turn, seconds per round over the whole run (start-up excluded) and round 1, each
     divided by inline's, with the peak PSS.
@@ -96,8 +98,9 @@ from sfprompt.platform.data.datasets import DATASETS, register_dataset
 from sfprompt.platform.fed.protocols import is_online
 from sfprompt.platform.fed.sampling import client_seed, sample_clients
 from sfprompt.platform.loop.backend import LocalBackend
+from sfprompt.platform.loop.evaluation import evaluation_indices
 from sfprompt.platform.loop.rounds import run_rounds
-from sfprompt.platform.loop.world import build_world, initial_progress
+from sfprompt.platform.loop.world import World, build_world, initial_progress
 from sfprompt.platform.method.client import ClientTask, ClientWorker
 from sfprompt.platform.method.pruning import keep_count
 from sfprompt.platform.model.build import build_split
@@ -116,10 +119,12 @@ SAMPLES_B = 8  # per client in part (b)
 Configure = Callable[[list[str]], Config]
 
 
-def project_rounds(cfg: Config, kind: str, tag: str, pss_interval: float) -> Iterator[dict]:
-    """One run through run_rounds, yielding its record after each round (the same dict,
-    grown): per round the wall, clients-phase seconds, CPU by role and row."""
-    world = build_world(cfg)
+def project_rounds(cfg: Config, kind: str, tag: str, pss_interval: float,
+                   world: World | None = None) -> Iterator[dict]:
+    """One run through run_rounds (on `world` when given), yielding its record after
+    each round (the same dict, grown): per round the wall, clients-phase seconds, CPU by
+    role and row."""
+    world = world or build_world(cfg)
     r = {"kind": kind, "walls": [], "clients": [], "cpu": [], "rows": [], "accuracy": []}
     with PeakPss(pss_interval) as pss:
         start = time.perf_counter()
@@ -195,7 +200,7 @@ def plain_rounds(cfg: Config, tag: str) -> Iterator[dict]:
         total = sum(weights)
         state = {n: sum(s[n].double() * (w / total) for s, w in zip(states, weights)).float()
                  for n in names}
-        correct, everything = 0, torch.arange(len(data.test_labels))
+        correct, everything = 0, evaluation_indices(cfg, data.test_labels.numpy())
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for n in names:
                 params[n].copy_(state[n])
@@ -354,15 +359,19 @@ def part_b(args: argparse.Namespace, config: Configure) -> None:
 
 
 def part_c(args: argparse.Namespace, config: Configure) -> None:
+    cfg = config([])
+    world = build_world(cfg)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    # R: a plain loop of one client's steps at the run's mean shard (module doc, part b).
+    step, step_flops = client_steps(cfg, round(statistics.mean(map(len, world.shards))))
 
     def sgemm() -> float:
         return rate(lambda: torch.mm(a, b), 2 * 2048**3)
 
     # The sgemm rate before the run and after each round (outside its wall): a round is
     # set against the mean of the two beside it, so a drift of the host weighs on both.
-    peaks, rows = [sgemm()], []
-    for r in project_rounds(config([]), "ray", "c default", args.pss_interval):
+    flop_rates, peaks, rows = [rate(step, step_flops)], [sgemm()], []
+    for r in project_rounds(cfg, "ray", "c default", args.pss_interval, world):
         peaks.append(sgemm())
         row = r["rows"][-1]
         work = row["flops.client"] + row["flops.server"]
@@ -370,19 +379,25 @@ def part_c(args: argparse.Namespace, config: Configure) -> None:
         rows.append({"round": row["round"], "wall s": f"{r['walls'][-1]:.1f}",
                      "clients phase s": f"{r['clients'][-1]:.1f}",
                      "counted GFLOP": f"{work / 1e9:.0f}",
-                     "GFLOP/s of wall": f"{work / r['walls'][-1] / 1e9:.2f}",
+                     "GFLOP/s of wall": work / r["walls"][-1] / 1e9,
+                     "GFLOP/s of clients phase": work / r["clients"][-1] / 1e9,
                      "sgemm GFLOP/s before/after": f"{peaks[-2] / 1e9:.1f}/{peaks[-1] / 1e9:.1f}",
                      "% of sgemm, wall": 100 * work / r["walls"][-1] / peak,
                      "% of sgemm, clients phase": 100 * work / r["clients"][-1] / peak})
-    steady_row = {k: f"{steady([row[k] for row in rows]):.1f}"
-                  for k in ("% of sgemm, wall", "% of sgemm, clients phase")}
+    flop_rates.append(rate(step, step_flops))
+    numbers = [k for k, v in rows[0].items() if isinstance(v, float)]
+    steady_row = {k: f"{steady([row[k] for row in rows]):.1f}" for k in numbers}
     for row in rows:
-        for k in steady_row:
-            row[k] = f"{row[k]:.1f}"
+        row.update({k: f"{row[k]:.1f}" for k in numbers})
     rows.append({**dict.fromkeys(rows[0], ""), "round": "steady (rounds >= 2)", **steady_row})
-    print(f"\n(c) default run (ray), counted client + server FLOPs; ray start-up "
-          f"{r['startup']:.1f} s, peak PSS {r['pss']:.0f} MiB\n")
+    flop_rate = statistics.mean(flop_rates)
+    print(f"\n(c) default run (ray), counted client + server FLOPs; R (a plain loop of a "
+          f"client's steps) {flop_rates[0] / 1e9:.1f} before, {flop_rates[1] / 1e9:.1f} after "
+          f"GFLOP/s; ray start-up {r['startup']:.1f} s, peak PSS {r['pss']:.0f} MiB\n")
     print(table(rows))
+    print(f"\nSteady state against R: {1e9 * float(steady_row['GFLOP/s of wall']) / flop_rate:.3f} "
+          f"of the wall, {1e9 * float(steady_row['GFLOP/s of clients phase']) / flop_rate:.3f} "
+          f"of the clients phase")
 
 
 def part_d(args: argparse.Namespace, config: Configure) -> None:
