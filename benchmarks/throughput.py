@@ -70,8 +70,9 @@ scheduler has preempted): the load average is printed first, and --threads 1 is 
 setting for such a host.
 Memory: the largest PSS (shared pages split among the processes that map them) of this
 process and all its descendants (Ray's gcs, raylet, workers and actors), sampled every
-second of each run of (b), (c) and (d) (--pss-interval; 0 samples nothing: a sample walks the page tables of
-the whole tree, a cost that grows with the memory a round holds and that the run pays).
+second of each run of (b), (c) and (d) (--pss-interval; 0 samples nothing: a sample walks
+the page tables of the whole tree, a cost that grows with the memory a round holds and
+that the run pays).
 One Ray instance serves every run, so idle workers left by earlier runs are counted.
 key=value overrides apply to every run, after the part's own.
 """
@@ -386,18 +387,18 @@ def part_c(args: argparse.Namespace, config: Configure) -> None:
                      "% of sgemm, clients phase": 100 * work / r["clients"][-1] / peak})
     flop_rates.append(rate(step, step_flops))
     numbers = [k for k, v in rows[0].items() if isinstance(v, float)]
-    steady_row = {k: f"{steady([row[k] for row in rows]):.1f}" for k in numbers}
+    steady_values = {k: steady([row[k] for row in rows]) for k in numbers}
+    rows.append({**dict.fromkeys(rows[0], ""), "round": "steady (rounds >= 2)", **steady_values})
     for row in rows:
         row.update({k: f"{row[k]:.1f}" for k in numbers})
-    rows.append({**dict.fromkeys(rows[0], ""), "round": "steady (rounds >= 2)", **steady_row})
-    flop_rate = statistics.mean(flop_rates)
+    flop_rate = statistics.mean(flop_rates) / 1e9
     print(f"\n(c) default run (ray), counted client + server FLOPs; R (a plain loop of a "
           f"client's steps) {flop_rates[0] / 1e9:.1f} before, {flop_rates[1] / 1e9:.1f} after "
           f"GFLOP/s; ray start-up {r['startup']:.1f} s, peak PSS {r['pss']:.0f} MiB\n")
     print(table(rows))
-    print(f"\nSteady state against R: {1e9 * float(steady_row['GFLOP/s of wall']) / flop_rate:.3f} "
-          f"of the wall, {1e9 * float(steady_row['GFLOP/s of clients phase']) / flop_rate:.3f} "
-          f"of the clients phase")
+    print(f"\nSteady state against R: {steady_values['GFLOP/s of wall'] / flop_rate:.3f} of "
+          f"the wall, {steady_values['GFLOP/s of clients phase'] / flop_rate:.3f} of the "
+          f"clients phase")
 
 
 def part_d(args: argparse.Namespace, config: Configure) -> None:
