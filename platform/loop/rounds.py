@@ -196,9 +196,11 @@ def _train_round(world: World, backend: Backend, progress: Progress,
                                  split=world.held_split(c)) for c in failed],
                       key=lambda o: o.client)
     _aggregate(cfg, progress, [o for o in outcomes if o.status == "ok"], round_)
-    for o in outcomes:  # nothing reads an upload after aggregation: let it go now, not a
-        if o.result is not None:  # round later with the caller's outcomes (on Ray: its
-            o.result.state = {}  # object-store memory, which the next round's uploads reuse)
+    # Nothing reads an upload after aggregation: let it go now, not a round later with the
+    # caller's outcomes (on Ray: its object-store memory, which the next uploads reuse).
+    for o in outcomes:
+        if o.result is not None:
+            o.result.state = {}
     row = round_row(round_, outcomes, math.nan, math.nan, 0.0, seconds, progress.elapsed,
                     int(round_ == cfg.faults.server_crash_round), wait)
     if row["participants"] and not math.isfinite(row["train_loss"]):
